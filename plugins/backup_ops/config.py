@@ -1,0 +1,663 @@
+"""The one configuration file, loaded into typed, validated, immutable models.
+
+The file mirrors laravel-backup's ``config/backup.php`` (see docs/configuration.md). Every
+value is checked here, once, so a bad value fails at DAG parse time with one sentence that
+names the key path, the value received and what is accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from backup_ops.errors import ConfigError
+
+CONFIG_ENV = "BACKUP_OPS_CONFIG"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "include" / "backup_config.yaml"
+
+DumpFormat = Literal["plain", "custom"]
+Encryption = Literal["aes256", "aes192", "aes128", "none"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# pg_dump options the dump adapter sets itself; letting extra_args override them would
+# silently break consistency (snapshot), the output path, or leak credentials into argv.
+_RESERVED_PG_DUMP_ARGS = (
+    "-f", "--file", "-F", "--format", "-Z", "--compress", "--snapshot", "-d", "--dbname",
+    "-h", "--host", "-p", "--port", "-U", "--username", "-W", "--password", "-j", "--jobs",
+    "-t", "--table", "-T", "--exclude-table",
+)
+_COMPRESSION_LEVELS = {"gzip": (1, 9), "zstd": (1, 22), "lz4": (1, 12)}
+
+
+# ---------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class Compression:
+    """How a database dump is compressed: ``none``, or a method and level."""
+
+    method: Literal["none", "gzip", "zstd", "lz4"] = "gzip"
+    level: int = 6
+
+    @property
+    def suffix(self) -> str:
+        """File suffix added after ``.sql`` for plain dumps."""
+        return {"none": "", "gzip": ".gz", "zstd": ".zst", "lz4": ".lz4"}[self.method]
+
+    def __str__(self) -> str:
+        return "none" if self.method == "none" else f"{self.method}:{self.level}"
+
+
+@dataclass(frozen=True)
+class DatabaseSource:
+    """One database to dump, named by its Airflow connection id."""
+
+    conn_id: str
+    format: DumpFormat = "plain"
+    compression: Compression = field(default_factory=Compression)
+    include_tables: tuple[str, ...] = ()
+    exclude_tables: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
+    timeout: int | None = None
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """Which application files go into the archive (laravel-backup ``source.files``)."""
+
+    include: tuple[Path, ...] = ()
+    exclude: tuple[Path, ...] = ()
+    follow_links: bool = False
+    ignore_unreadable_directories: bool = False
+    relative_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class LocalDestinationConfig:
+    name: str
+    path: Path
+    type: Literal["local"] = "local"
+
+
+@dataclass(frozen=True)
+class S3DestinationConfig:
+    name: str
+    conn_id: str
+    bucket: str
+    prefix: str = ""
+    upload_args: Mapping[str, str] = field(default_factory=dict)
+    part_size_mb: int = 64
+    max_concurrency: int = 4
+    type: Literal["s3"] = "s3"
+
+
+DestinationConfig = LocalDestinationConfig | S3DestinationConfig
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a secret lives; the file only ever holds the reference."""
+
+    kind: Literal["variable", "env", "connection"]
+    name: str
+
+    def __str__(self) -> str:
+        return f"{{{self.kind}: {self.name}}}"
+
+
+@dataclass(frozen=True)
+class DestinationSettings:
+    destinations: tuple[DestinationConfig, ...]
+    filename_prefix: str = ""
+    compression_level: int = 6
+    continue_on_failure: bool = False
+
+    def names(self) -> list[str]:
+        return [d.name for d in self.destinations]
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    name: str
+    files: FileSource
+    databases: tuple[DatabaseSource, ...]
+    destination: DestinationSettings
+    staging_directory: Path
+    pg_bin_dir: Path | None = None
+    password: SecretRef | None = None
+    encryption: Encryption = "none"
+    tries: int = 1
+    retry_delay: int = 0
+    schedule: str = "0 2 * * *"
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    keep_all_backups_for_days: int = 7
+    keep_daily_backups_for_days: int = 30
+    keep_weekly_backups_for_weeks: int = 12
+    keep_monthly_backups_for_months: int = 12
+    keep_yearly_backups_for_years: int = 3
+    delete_oldest_backups_when_using_more_megabytes_than: int | None = 5000
+    min_backups_kept: int = 1
+
+
+@dataclass(frozen=True)
+class CleanupSettings:
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    schedule: str = "0 1 * * *"
+    tries: int = 1
+    retry_delay: int = 0
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    max_age_days: float = 1.0
+    max_storage_mb: int | None = 5000
+    restore_drill_max_age_days: int | None = 35
+    schedule: str = "0 */6 * * *"
+
+
+@dataclass(frozen=True)
+class NotificationSettings:
+    mail_to: tuple[str, ...] = ()
+    mail_from: str | None = None
+    smtp_conn_id: str = "smtp_default"
+    on_success: bool = False
+    on_failure: bool = True
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    """The whole validated configuration."""
+
+    backup: BackupSettings
+    cleanup: CleanupSettings
+    monitor: MonitorSettings
+    notifications: NotificationSettings
+    source_path: Path | None = None
+
+    def destination(self, name: str) -> DestinationConfig:
+        """The destination called ``name``; the error lists the valid names."""
+        for dest in self.backup.destination.destinations:
+            if dest.name == name:
+                return dest
+        valid = ", ".join(self.backup.destination.names())
+        raise ConfigError(f"There is no backup destination named {name!r}; configured destinations are: {valid}.")
+
+    def database(self, conn_id: str) -> DatabaseSource:
+        """The database source for ``conn_id``; the error lists the configured ones."""
+        for db in self.backup.databases:
+            if db.conn_id == conn_id:
+                return db
+        valid = ", ".join(d.conn_id for d in self.backup.databases) or "(none)"
+        raise ConfigError(f"There is no database with connection id {conn_id!r} in source.databases; configured: {valid}.")
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def config_path() -> Path:
+    """The config file in use: ``$BACKUP_OPS_CONFIG`` or ``include/backup_config.yaml``."""
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> BackupConfig:
+    """Read and validate the YAML config file; raises ConfigError with a one-sentence reason."""
+    import yaml  # cheap, but only needed here
+
+    file = Path(path) if path is not None else config_path()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"Config file {file} does not exist; create it (see docs/configuration.md) or point {CONFIG_ENV} at one."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"Config file {file} cannot be read: {exc.strerror}.") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"Config file {file} is not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from exc
+    config = parse_config(raw if raw is not None else {}, base_dir=file.parent)
+    return BackupConfig(config.backup, config.cleanup, config.monitor, config.notifications, source_path=file)
+
+
+def parse_config(raw: Any, base_dir: Path | None = None) -> BackupConfig:
+    """Validate a config mapping (as read from YAML) into a BackupConfig."""
+    root = _Node(raw, "", base_dir or Path.cwd())
+    root.require_mapping()
+    root.only_keys({"backup", "cleanup", "monitor", "notifications"})
+    return BackupConfig(
+        backup=_parse_backup(root.child("backup", required=True)),
+        cleanup=_parse_cleanup(root.child("cleanup")),
+        monitor=_parse_monitor(root.child("monitor")),
+        notifications=_parse_notifications(root.child("notifications")),
+    )
+
+
+def _parse_backup(node: _Node) -> BackupSettings:
+    node.require_mapping()
+    node.only_keys({"name", "source", "destination", "staging_directory", "password", "encryption",
+                    "tries", "retry_delay", "schedule"})
+    name = node.child("name", required=True).name()
+    source = node.child("source", required=True)
+    source.require_mapping()
+    source.only_keys({"files", "databases", "pg_bin_dir"})
+    files = _parse_files(source.child("files"))
+    databases = _parse_databases(source.child("databases"))
+    pg_bin = source.child("pg_bin_dir")
+    destination = _parse_destination(node.child("destination", required=True))
+    password_node = node.child("password")
+    password = _parse_secret_ref(password_node) if password_node.present else None
+    enc_node = node.child("encryption")
+    encryption: str = enc_node.choice(("aes256", "aes192", "aes128", "none"), default="aes256")
+    if password is None and enc_node.present and encryption != "none":
+        raise ConfigError(
+            f"backup.encryption is {encryption!r} but backup.password is not set; set a password reference "
+            "or use encryption: none."
+        )
+    if password is None:
+        encryption = "none"
+    staging = node.child("staging_directory").path(default=Path("/tmp/backup-ops-staging"))
+    return BackupSettings(
+        name=name,
+        files=files,
+        databases=databases,
+        destination=destination,
+        staging_directory=staging,
+        pg_bin_dir=pg_bin.optional_path(),
+        password=password,
+        encryption=encryption,  # type: ignore[arg-type]
+        tries=node.child("tries").integer(default=1, minimum=1),
+        retry_delay=node.child("retry_delay").integer(default=0, minimum=0),
+        schedule=node.child("schedule").cron(default="0 2 * * *"),
+    )
+
+
+def _parse_files(node: _Node) -> FileSource:
+    if not node.present or node.value is None:
+        return FileSource()
+    node.require_mapping()
+    node.only_keys({"include", "exclude", "follow_links", "ignore_unreadable_directories", "relative_path"})
+    relative_path = node.child("relative_path").optional_path()
+    anchor = relative_path or node.base_dir
+
+    def paths(key: str) -> tuple[Path, ...]:
+        child = node.child(key)
+        result = []
+        for item in child.items():
+            raw = Path(item.string()).expanduser()
+            if not str(raw).strip():
+                item.fail("a file or directory path")
+            result.append(raw if raw.is_absolute() else anchor / raw)
+        return tuple(result)
+
+    return FileSource(
+        include=paths("include"),
+        exclude=paths("exclude"),
+        follow_links=node.child("follow_links").boolean(default=False),
+        ignore_unreadable_directories=node.child("ignore_unreadable_directories").boolean(default=False),
+        relative_path=relative_path,
+    )
+
+
+def _parse_databases(node: _Node) -> tuple[DatabaseSource, ...]:
+    dbs: list[DatabaseSource] = []
+    seen: set[str] = set()
+    for item in node.items():
+        if isinstance(item.value, str):
+            conn_id = item.name()
+            dbs.append(DatabaseSource(conn_id=conn_id))
+        else:
+            item.require_mapping()
+            item.only_keys({"conn_id", "format", "compression", "include_tables", "exclude_tables",
+                            "extra_args", "timeout"})
+            conn_id = item.child("conn_id", required=True).name()
+            include = item.child("include_tables").string_list()
+            exclude = item.child("exclude_tables").string_list()
+            if include and exclude:
+                raise ConfigError(
+                    f"{item.path_str}: include_tables and exclude_tables cannot be used together; keep one of them."
+                )
+            extra = item.child("extra_args").string_list()
+            for arg in extra:
+                flag = arg.split("=", 1)[0]
+                if flag in _RESERVED_PG_DUMP_ARGS:
+                    raise ConfigError(
+                        f"{item.path_str}.extra_args must not contain {flag} (backup-ops sets it itself); "
+                        "use the format, compression, include_tables or exclude_tables keys instead."
+                    )
+            timeout_node = item.child("timeout")
+            dbs.append(
+                DatabaseSource(
+                    conn_id=conn_id,
+                    format=item.child("format").choice(("plain", "custom"), default="plain"),  # type: ignore[arg-type]
+                    compression=_parse_compression(item.child("compression")),
+                    include_tables=include,
+                    exclude_tables=exclude,
+                    extra_args=extra,
+                    timeout=timeout_node.integer(minimum=1) if timeout_node.present and timeout_node.value is not None
+                    else None,
+                )
+            )
+        if conn_id in seen:
+            raise ConfigError(f"{item.path_str}: connection id {conn_id!r} is listed twice in source.databases.")
+        seen.add(conn_id)
+    return tuple(dbs)
+
+
+def _parse_compression(node: _Node) -> Compression:
+    if not node.present or node.value is None:
+        return Compression()
+    value = node.value
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = f"gzip:{value}"
+    elif isinstance(value, str):
+        text = value.strip().lower()
+    else:
+        node.fail("a string such as 'gzip:6', 'zstd:3', 'lz4' or 'none', or a gzip level 1–9")
+    if text in ("none", "0", "gzip:0"):
+        return Compression("none", 0)
+    method, _, level_text = text.partition(":")
+    if method not in _COMPRESSION_LEVELS:
+        node.fail("'none', 'gzip[:1-9]', 'zstd[:1-22]' or 'lz4[:1-12]'")
+    low, high = _COMPRESSION_LEVELS[method]
+    if not level_text:
+        return Compression(method, {"gzip": 6, "zstd": 3, "lz4": 1}[method])  # type: ignore[arg-type]
+    if not level_text.isdigit() or not low <= int(level_text) <= high:
+        node.fail(f"{method} level {low}–{high}")
+    return Compression(method, int(level_text))  # type: ignore[arg-type]
+
+
+def _parse_destination(node: _Node) -> DestinationSettings:
+    node.require_mapping()
+    node.only_keys({"filename_prefix", "compression_level", "continue_on_failure", "destinations"})
+    prefix = node.child("filename_prefix").string(default="")
+    if "/" in prefix or "\\" in prefix or prefix in (".", ".."):
+        node.child("filename_prefix").fail("a file name prefix without '/' or '\\'")
+    level = node.child("compression_level").integer(default=6, minimum=0, maximum=9)
+    dests: list[DestinationConfig] = []
+    for item in node.child("destinations", required=True).items():
+        dests.append(_parse_one_destination(item))
+    if not dests:
+        node.child("destinations").fail("at least one destination")
+    names = [d.name for d in dests]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{node.path_str}.destinations: destination names must be unique, got {', '.join(dupes)} twice.")
+    return DestinationSettings(
+        destinations=tuple(dests),
+        filename_prefix=prefix,
+        compression_level=level,
+        continue_on_failure=node.child("continue_on_failure").boolean(default=False),
+    )
+
+
+def _parse_one_destination(item: _Node) -> DestinationConfig:
+    item.require_mapping()
+    kind = item.child("type", required=True).choice(("local", "s3"))
+    name = item.child("name", required=True).name()
+    if kind == "local":
+        item.only_keys({"name", "type", "path"})
+        return LocalDestinationConfig(name=name, path=item.child("path", required=True).path())
+    item.only_keys({"name", "type", "conn_id", "bucket", "prefix", "upload_args", "part_size_mb", "max_concurrency"})
+    bucket = item.child("bucket", required=True).string()
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        item.child("bucket").fail("an S3 bucket name (3–63 lowercase letters, digits, '.' or '-')")
+    prefix = item.child("prefix").string(default="").strip("/")
+    upload_node = item.child("upload_args")
+    upload_args: dict[str, str] = {}
+    if upload_node.present and upload_node.value is not None:
+        upload_node.require_mapping()
+        upload_args = {str(k): str(v) for k, v in upload_node.value.items()}
+    return S3DestinationConfig(
+        name=name,
+        conn_id=item.child("conn_id", required=True).name(),
+        bucket=bucket,
+        prefix=prefix,
+        upload_args=upload_args,
+        part_size_mb=item.child("part_size_mb").integer(default=64, minimum=5, maximum=5120),
+        max_concurrency=item.child("max_concurrency").integer(default=4, minimum=1, maximum=64),
+    )
+
+
+def _parse_secret_ref(node: _Node) -> SecretRef:
+    value = node.value
+    accepted = "a reference such as {variable: NAME}, {env: NAME} or {connection: ID}, never the secret itself"
+    if isinstance(value, str):
+        raise ConfigError(f"{node.path_str} must be {accepted}; got a plain string (value not shown).")
+    if not isinstance(value, Mapping) or len(value) != 1:
+        node.fail(accepted)
+    ((kind, name),) = value.items()
+    if kind not in ("variable", "env", "connection") or not isinstance(name, str) or not name.strip():
+        node.fail(accepted)
+    return SecretRef(kind, name.strip())
+
+
+def _parse_cleanup(node: _Node) -> CleanupSettings:
+    if not node.present or node.value is None:
+        return CleanupSettings()
+    node.require_mapping()
+    node.only_keys({"default_strategy", "schedule", "tries", "retry_delay"})
+    strategy = node.child("default_strategy")
+    defaults = RetentionSettings()
+    retention = defaults
+    if strategy.present and strategy.value is not None:
+        strategy.require_mapping()
+        keys = {
+            "keep_all_backups_for_days", "keep_daily_backups_for_days", "keep_weekly_backups_for_weeks",
+            "keep_monthly_backups_for_months", "keep_yearly_backups_for_years",
+        }
+        strategy.only_keys(keys | {"delete_oldest_backups_when_using_more_megabytes_than", "min_backups_kept"})
+        values: dict[str, Any] = {k: strategy.child(k).integer(default=getattr(defaults, k), minimum=0) for k in keys}
+        limit = strategy.child("delete_oldest_backups_when_using_more_megabytes_than")
+        values["delete_oldest_backups_when_using_more_megabytes_than"] = (
+            None if limit.present and limit.value is None
+            else limit.integer(default=defaults.delete_oldest_backups_when_using_more_megabytes_than, minimum=1)
+        )
+        values["min_backups_kept"] = strategy.child("min_backups_kept").integer(default=1, minimum=1)
+        retention = RetentionSettings(**values)
+    return CleanupSettings(
+        retention=retention,
+        schedule=node.child("schedule").cron(default="0 1 * * *"),
+        tries=node.child("tries").integer(default=1, minimum=1),
+        retry_delay=node.child("retry_delay").integer(default=0, minimum=0),
+    )
+
+
+def _parse_monitor(node: _Node) -> MonitorSettings:
+    if not node.present or node.value is None:
+        return MonitorSettings()
+    node.require_mapping()
+    node.only_keys({"max_age_days", "max_storage_mb", "restore_drill_max_age_days", "schedule"})
+    storage = node.child("max_storage_mb")
+    drill = node.child("restore_drill_max_age_days")
+    return MonitorSettings(
+        max_age_days=node.child("max_age_days").number(default=1.0, minimum=0.01),
+        max_storage_mb=None if storage.present and storage.value is None else storage.integer(default=5000, minimum=1),
+        restore_drill_max_age_days=None if drill.present and drill.value is None
+        else drill.integer(default=35, minimum=1),
+        schedule=node.child("schedule").cron(default="0 */6 * * *"),
+    )
+
+
+def _parse_notifications(node: _Node) -> NotificationSettings:
+    if not node.present or node.value is None:
+        return NotificationSettings()
+    node.require_mapping()
+    node.only_keys({"mail", "on_success", "on_failure"})
+    mail = node.child("mail")
+    to: tuple[str, ...] = ()
+    sender = None
+    conn_id = "smtp_default"
+    if mail.present and mail.value is not None:
+        mail.require_mapping()
+        mail.only_keys({"to", "from", "conn_id"})
+        to_node = mail.child("to")
+        to = (to_node.string(),) if isinstance(to_node.value, str) else to_node.string_list()
+        for address in to:
+            if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", address):
+                raise ConfigError(f"{to_node.path_str}: {address!r} is not a valid email address.")
+        sender_node = mail.child("from")
+        sender = sender_node.string() if sender_node.present and sender_node.value is not None else None
+        conn_id = mail.child("conn_id").name(default="smtp_default")
+    return NotificationSettings(
+        mail_to=to,
+        mail_from=sender,
+        smtp_conn_id=conn_id,
+        on_success=node.child("on_success").boolean(default=False),
+        on_failure=node.child("on_failure").boolean(default=True),
+    )
+
+
+# ---------------------------------------------------------------------------- validation helpers
+
+
+_MISSING = object()
+
+
+class _Node:
+    """A value in the raw config plus its key path, with typed accessors that fail clearly."""
+
+    def __init__(self, value: Any, path: str, base_dir: Path, present: bool = True) -> None:
+        self.value = value
+        self.path_str = path or "(top level)"
+        self._path = path
+        self.base_dir = base_dir
+        self.present = present
+
+    def fail(self, accepted: str) -> Any:
+        raise ConfigError(f"{self.path_str} must be {accepted}, got {self.value!r}.")
+
+    def require_mapping(self) -> None:
+        if not isinstance(self.value, Mapping):
+            self.fail("a mapping of keys to values")
+
+    def only_keys(self, allowed: set[str]) -> None:
+        unknown = sorted(str(k) for k in self.value if k not in allowed)
+        if unknown:
+            raise ConfigError(
+                f"{self.path_str} has unknown key {unknown[0]!r}; accepted keys are: {', '.join(sorted(allowed))}."
+            )
+
+    def child(self, key: str, required: bool = False) -> _Node:
+        path = f"{self._path}.{key}" if self._path else key
+        if isinstance(self.value, Mapping) and key in self.value:
+            return _Node(self.value[key], path, self.base_dir)
+        if required:
+            raise ConfigError(f"{path} is required but missing.")
+        return _Node(None, path, self.base_dir, present=False)
+
+    def items(self) -> list[_Node]:
+        if not self.present or self.value is None:
+            return []
+        if not isinstance(self.value, list):
+            self.fail("a list")
+        return [_Node(v, f"{self._path}[{i}]", self.base_dir) for i, v in enumerate(self.value)]
+
+    def _default(self, default: Any) -> Any:
+        if default is _MISSING:
+            raise ConfigError(f"{self.path_str} is required but missing.")
+        return default
+
+    def string(self, default: Any = _MISSING) -> str:
+        if not self.present or self.value is None:
+            return self._default(default)  # type: ignore[no-any-return]
+        if not isinstance(self.value, str):
+            self.fail("a string")
+        return _expand_env(self.value, self)
+
+    def name(self, default: Any = _MISSING) -> str:
+        text = self.string(default)
+        if not _NAME_RE.match(text):
+            self.fail("a name of letters, digits, '.', '_' or '-' (1–128 characters, no spaces or '/')")
+        return text
+
+    def string_list(self) -> tuple[str, ...]:
+        result = []
+        for item in self.items():
+            if not isinstance(item.value, str) or not item.value.strip():
+                item.fail("a non-empty string")
+            result.append(item.value.strip())
+        return tuple(result)
+
+    def path(self, default: Any = _MISSING) -> Path:
+        text = self.string(default) if not isinstance(default, Path) or self.present else str(default)
+        if not text.strip():
+            self.fail("a file system path")
+        path = Path(text).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    def optional_path(self) -> Path | None:
+        """A path, or None when the key is absent, null, or empty after ${VAR} expansion."""
+        if not self.present or self.value is None or not self.string().strip():
+            return None
+        return self.path()
+
+    def boolean(self, default: bool) -> bool:
+        if not self.present or self.value is None:
+            return default
+        if not isinstance(self.value, bool):
+            self.fail("true or false")
+        return self.value
+
+    def integer(self, default: Any = _MISSING, minimum: int | None = None, maximum: int | None = None) -> int:
+        if not self.present or self.value is None:
+            return self._default(default)  # type: ignore[no-any-return]
+        value = self.value
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(_range_text("a whole number", minimum, maximum))
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            self.fail(_range_text("a whole number", minimum, maximum))
+        return value
+
+    def number(self, default: float, minimum: float) -> float:
+        if not self.present or self.value is None:
+            return default
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or self.value < minimum:
+            self.fail(f"a number of at least {minimum}")
+        return float(self.value)
+
+    def choice(self, choices: Sequence[str], default: Any = _MISSING) -> str:
+        if not self.present or self.value is None:
+            return self._default(default)  # type: ignore[no-any-return]
+        if self.value not in choices:
+            self.fail("one of " + ", ".join(repr(c) for c in choices))
+        return str(self.value)
+
+    def cron(self, default: str) -> str:
+        text = self.string(default)
+        if len(text.split()) != 5 and not text.startswith("@"):
+            self.fail("a five-field cron expression such as '0 2 * * *'")
+        return text
+
+
+def _range_text(kind: str, minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"{kind} {minimum}–{maximum}"
+    if minimum is not None:
+        return f"{kind} ≥ {minimum}"
+    return kind
+
+
+def _expand_env(text: str, node: _Node) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` so one file serves several machines."""
+
+    def replace(match: re.Match[str]) -> str:
+        var, default = match.group(1), match.group(2)
+        if var in os.environ:
+            return os.environ[var]
+        if default is not None:
+            return default
+        raise ConfigError(f"{node.path_str} refers to environment variable {var}, which is not set; "
+                          f"set it or write ${{{var}:-default}}.")
+
+    return _ENV_REF_RE.sub(replace, text)

@@ -1,0 +1,114 @@
+"""Plain data shared by the core, the adapters and the operators (no Airflow, no I/O).
+
+Everything that crosses a task boundary has ``to_dict``/``from_dict`` so it travels as
+small JSON-able XCom values; secrets never appear in any of these.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+ARCHIVE_TIMESTAMP_FORMAT = "%Y-%m-%d-%H-%M-%S"
+_TIMESTAMP_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})\.zip$")
+
+
+def archive_file_name(prefix: str, created_at: datetime) -> str:
+    """``<prefix><YYYY-MM-DD-HH-MM-SS>.zip`` in UTC, laravel-backup's naming."""
+    return f"{prefix}{created_at.astimezone(timezone.utc).strftime(ARCHIVE_TIMESTAMP_FORMAT)}.zip"
+
+
+def date_from_archive_name(name: str) -> datetime | None:
+    """The UTC date in an archive's file name, or None when the name does not carry one.
+
+    laravel-backup only trusts a basename that is exactly ``YYYY-MM-DD-HH-MM-SS.zip``; a
+    prefixed or otherwise different name falls back to the file's modification time.
+    """
+    base = name.rsplit("/", 1)[-1]
+    match = _TIMESTAMP_IN_NAME.fullmatch(base)
+    if not match:
+        return None
+    try:
+        return datetime.strptime(match.group(1), ARCHIVE_TIMESTAMP_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class BackupFile:
+    """One backup archive on a destination: its key below the destination root, date and size."""
+
+    path: str
+    date: datetime
+    size: int
+
+
+@dataclass(frozen=True)
+class TableStat:
+    """A table's exact row count and column names, read inside the dump's snapshot."""
+
+    schema: str
+    name: str
+    row_count: int
+    columns: tuple[str, ...]
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class DumpResult:
+    """What one database dump produced, as recorded in the manifest."""
+
+    conn_id: str
+    database: str
+    member_name: str          # e.g. db-dumps/postgresql-appdb.sql.gz
+    staged_path: str          # absolute path of the dump in the staging directory
+    format: str               # plain | custom
+    compression: str          # e.g. gzip:6
+    size: int
+    sha256: str
+    duration_s: float
+    snapshot_id: str
+    server_version: str
+    pg_dump_version: str
+    tables: tuple[TableStat, ...] = field(default_factory=tuple)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(t.row_count for t in self.tables)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["tables"] = [{**asdict(t), "columns": list(t.columns)} for t in self.tables]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DumpResult:
+        tables = tuple(
+            TableStat(t["schema"], t["name"], int(t["row_count"]), tuple(t["columns"])) for t in data.get("tables", ())
+        )
+        return cls(**{**data, "tables": tables})
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The small JSON written beside each archive so monitoring can verify without downloading."""
+
+    archive: str
+    size: int
+    sha256: str
+    created_at: str
+    manifest_sha256: str | None = None
+    format_version: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Receipt:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)
