@@ -1,0 +1,1 @@
+"""Developer tools: a throwaway PostgreSQL server and sample data for tests, the demo and benchmarks."""
