@@ -1,0 +1,271 @@
+"""manifest.json: built deterministically, read back as hostile input."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from backup_ops import manifest as manifest_module
+from backup_ops.errors import ArchiveError
+from backup_ops.manifest import (
+    EMPTY_SHA256,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    MemberInfo,
+    build_manifest,
+    manifest_bytes,
+    member_name_problem,
+    parse_manifest,
+)
+from backup_ops.models import DumpResult, TableStat
+
+CREATED = datetime(2026, 3, 1, 2, 0, 5, tzinfo=UTC)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+DUMP = DumpResult(
+    conn_id="app_db", database="app", member_name="db-dumps/postgresql-app.sql.gz",
+    staged_path="/staging/postgresql-app.sql.gz", format="plain", compression="gzip:6", size=1234,
+    sha256=sha(b"dump"), duration_s=1.5, snapshot_id="00000003-00000002-1", server_version="16.4",
+    pg_dump_version="16.4",
+    tables=(TableStat("public", "users", 10, ("id", "email")), TableStat("public", "orders", 32, ("id", "total"))),
+)
+MEMBERS = [
+    MemberInfo(DUMP.member_name, 1234, sha(b"dump"), False),
+    MemberInfo("var/www/app/", 0, EMPTY_SHA256, False),
+    MemberInfo("var/www/app/.env", 9, sha(b".env"), True),
+    MemberInfo("var/www/app/logo.png", 100, sha(b"png"), False),
+]
+
+
+def build(**overrides: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "backup_name": "my-app",
+        "created_at": CREATED,
+        "archive_name": "2026-03-01-02-00-05.zip",
+        "run": {"dag_id": "backup_daily", "run_id": "scheduled__2026-03-01", "logical_date": "2026-03-01T02:00:00Z"},
+        "dumps": [DUMP],
+        "members": MEMBERS,
+        "encryption": "aes256",
+        "tool_versions": {"pg_dump": "16.4", "backup_ops": "0.1.0"},
+    }
+    kwargs.update(overrides)
+    return build_manifest(**kwargs)
+
+
+class TestBuild:
+    def test_contents(self) -> None:
+        m = build()
+        assert m["format_version"] == FORMAT_VERSION == 1
+        assert m["created_at"] == "2026-03-01T02:00:05Z"
+        assert m["encryption"] == "aes256"
+        assert m["files"] == {"count": 2, "bytes": 109, "directories": 1}
+        assert m["members"][0] == {"name": DUMP.member_name, "size": 1234, "sha256": sha(b"dump")}
+        assert m["databases"] == [{
+            "member": DUMP.member_name, "conn_id": "app_db", "database": "app", "format": "plain",
+            "compression": "gzip:6", "snapshot_id": "00000003-00000002-1", "server_version": "16.4",
+            "pg_dump_version": "16.4", "total_rows": 42,
+            "tables": [
+                {"schema": "public", "name": "users", "row_count": 10, "columns": ["id", "email"]},
+                {"schema": "public", "name": "orders", "row_count": 32, "columns": ["id", "total"]},
+            ],
+        }]
+
+    def test_created_at_is_converted_to_utc(self) -> None:
+        local = CREATED.astimezone(timezone(timedelta(hours=2)))
+        assert build(created_at=local)["created_at"] == "2026-03-01T02:00:05Z"
+
+    def test_bytes_are_deterministic_sorted_indented_utf8(self) -> None:
+        members = [*MEMBERS, MemberInfo("var/www/app/café.txt", 1, sha(b"c"), True)]
+        first = manifest_bytes(build(members=members))
+        assert first == manifest_bytes(build(members=list(members)))
+        assert first.endswith(b"}\n")
+        assert "café".encode() in first  # UTF-8, not \\u escapes
+        text = first.decode()
+        assert text == json.dumps(json.loads(text), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+    def test_run_may_be_absent(self) -> None:
+        assert build(run=None)["run"] == {}
+
+    def test_naive_created_at_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="timezone-aware"):
+            build(created_at=datetime(2026, 3, 1))
+
+    def test_encryption_must_be_a_method_name_never_a_secret(self) -> None:
+        with pytest.raises(ValueError) as info:
+            build(encryption="hunter2")
+        assert "hunter2" not in str(info.value)
+
+    @pytest.mark.parametrize("members", [
+        [*MEMBERS, MemberInfo(MANIFEST_NAME, 1, sha(b"x"), True)],
+        [*MEMBERS, MEMBERS[2]],
+        [*MEMBERS, MemberInfo("../escape", 1, sha(b"x"), True)],
+        MEMBERS[1:],  # the dump is not among the members
+    ])
+    def test_inconsistent_members_are_refused(self, members: list[MemberInfo]) -> None:
+        with pytest.raises(ValueError):
+            build(members=members)
+
+    def test_round_trip(self) -> None:
+        parsed = parse_manifest(manifest_bytes(build()))
+        assert parsed.format_version == 1
+        assert parsed.created_at == CREATED
+        assert parsed.backup_name == "my-app"
+        assert parsed.archive_name == "2026-03-01-02-00-05.zip"
+        assert parsed.run["dag_id"] == "backup_daily"
+        assert parsed.tool_versions == {"pg_dump": "16.4", "backup_ops": "0.1.0"}
+        assert parsed.encryption == "aes256"
+        assert (parsed.file_count, parsed.file_bytes, parsed.directory_count) == (2, 109, 1)
+        assert [(m.name, m.size, m.sha256) for m in parsed.members] == [(m.name, m.size, m.sha256) for m in MEMBERS]
+        (db,) = parsed.databases
+        assert db.member == DUMP.member_name and db.total_rows == 42 and db.tables == DUMP.tables
+        assert parsed.members_by_name()["var/www/app/.env"].size == 9
+
+
+# ---------------------------------------------------------------------------- hostile manifests
+
+
+def mutated(change: Any) -> bytes:
+    data = copy.deepcopy(build())
+    change(data)
+    return json.dumps(data).encode()
+
+
+def set_key(path: str, value: Any) -> Any:
+    def change(data: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = data
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[int(last) if last.isdigit() else last] = value
+    return change
+
+
+def delete_key(key: str) -> Any:
+    return lambda data: data.pop(key)
+
+
+def add_member(member: dict[str, Any]) -> Any:
+    def change(data: dict[str, Any]) -> None:
+        data["members"].append(member)
+        data["files"]["count"] += 1
+        data["files"]["bytes"] += member.get("size", 0) if isinstance(member.get("size"), int) else 0
+    return change
+
+
+HOSTILE: list[tuple[str, bytes, str]] = [
+    ("not json", b"{nope", "not valid JSON"),
+    ("not utf-8", b'{"a": "\xff"}', "not valid UTF-8"),
+    ("top level list", b"[]", "the top level must be an object"),
+    ("duplicate keys", b'{"format_version": 1, "format_version": 2}', "appears twice"),
+    ("NaN", b'{"format_version": NaN}', "NaN is not a valid JSON number"),
+    ("deep nesting", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ("newer format", mutated(set_key("format_version", 2)), "format version 2"),
+    ("format version string", mutated(set_key("format_version", "1")), "format_version must be a whole number"),
+    ("format version bool", mutated(set_key("format_version", True)), "format_version must be a whole number"),
+    ("missing members", mutated(delete_key("members")), "has no 'members' key"),
+    ("missing created_at", mutated(delete_key("created_at")), "has no 'created_at' key"),
+    ("naive created_at", mutated(set_key("created_at", "2026-03-01T02:00:05")), "with a time zone"),
+    ("bad created_at", mutated(set_key("created_at", "yesterday")), "ISO 8601"),
+    ("unknown encryption", mutated(set_key("encryption", "rot13")), "encryption must be one of"),
+    ("absolute member", mutated(set_key("members.2.name", "/etc/passwd")), "an absolute path"),
+    ("traversal member", mutated(set_key("members.2.name", "var/../../etc/passwd")), "'..' component"),
+    ("backslash traversal", mutated(set_key("members.2.name", "..\\..\\evil")), "backslash used as separator"),
+    ("drive letter", mutated(set_key("members.2.name", "C:/evil")), "drive letter"),
+    ("NUL in name", mutated(set_key("members.2.name", "a\x00b")), "NUL byte"),
+    ("empty component", mutated(set_key("members.2.name", "var//x")), "empty or '.' path component"),
+    ("manifest lists itself", mutated(set_key("members.2.name", MANIFEST_NAME)), "lists the manifest itself"),
+    ("duplicate member", mutated(set_key("members.3.name", "var/www/app/.env")), "listed twice"),
+    ("file and dir of one name", mutated(set_key("members.2.name", "var/www/app")), "listed twice"),
+    ("negative size", mutated(set_key("members.2.size", -1)), "size must be a whole number"),
+    ("bool size", mutated(set_key("members.2.size", True)), "size must be a whole number"),
+    ("huge size", mutated(set_key("members.2.size", 2**64)), "size must be a whole number"),
+    ("float size", mutated(set_key("members.2.size", 1.5)), "size must be a whole number"),
+    ("short sha", mutated(set_key("members.2.sha256", "abc")), "64 lowercase hex digits"),
+    ("upper sha", mutated(set_key("members.2.sha256", sha(b".env").upper())), "64 lowercase hex digits"),
+    ("member not an object", mutated(set_key("members.2", "x")), "members[2] must be an object"),
+    ("member missing sha", mutated(add_member({"name": "x", "size": 1})), "has no 'sha256' key"),
+    ("directory with content", mutated(set_key("members.1.size", 5)), "has content"),
+    ("dump member unlisted", mutated(set_key("databases.0.member", "db-dumps/other.sql.gz")), "not a listed file"),
+    ("dump format", mutated(set_key("databases.0.format", "tar")), "'plain' or 'custom'"),
+    ("total rows", mutated(set_key("databases.0.total_rows", 41)), "add up to 42"),
+    ("row count type", mutated(set_key("databases.0.tables.0.row_count", "10")), "row_count must be"),
+    ("column type", mutated(set_key("databases.0.tables.0.columns", [1])), "columns[0] must be a string"),
+    ("file count", mutated(set_key("files.count", 3)), "files says 3 files"),
+    ("file bytes", mutated(set_key("files.bytes", 0)), "0 bytes"),
+    ("run value type", mutated(set_key("run", {"dag_id": 1})), "run.dag_id must be a string"),
+    ("tool_versions list", mutated(set_key("tool_versions", [])), "tool_versions must be an object"),
+    ("long text", mutated(set_key("backup_name", "x" * 5000)), "at most 4096 characters"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), [(d, m) for _, d, m in HOSTILE], ids=[i for i, _, _ in HOSTILE])
+def test_hostile_manifest_is_rejected_with_a_clear_error(data: bytes, message: str) -> None:
+    with pytest.raises(ArchiveError) as info:
+        parse_manifest(data)
+    assert message in str(info.value)
+    assert str(info.value).startswith(MANIFEST_NAME)
+
+
+def test_oversized_manifest_is_rejected_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manifest_module, "MAX_MANIFEST_BYTES", 100)
+    with pytest.raises(ArchiveError, match="more than the 100 accepted"):
+        parse_manifest(b" " * 101)
+
+
+def test_too_many_members_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manifest_module, "MAX_MEMBERS", 3)
+    with pytest.raises(ArchiveError, match="members has 4 entries, more than 3"):
+        parse_manifest(manifest_bytes(build()))
+
+
+def test_unknown_keys_are_tolerated_for_forward_compatibility() -> None:
+    data = mutated(set_key("future_field", {"anything": [1, 2]}))
+    assert parse_manifest(data).backup_name == "my-app"
+
+
+# ---------------------------------------------------------------------------- member names
+
+
+@pytest.mark.parametrize("name", [
+    "a", "a/b/c.txt", "dir/", ".env", "..foo", "foo..", "a/..b/c", "back\\slash", "a/b\\c", "café/ü.txt",
+    "db-dumps/postgresql-app.sql.gz", "a:b/c",
+])
+def test_safe_member_names(name: str) -> None:
+    assert member_name_problem(name) is None
+
+
+@pytest.mark.parametrize(("name", "problem"), [
+    ("", "an empty name"),
+    ("/", "an empty name"),
+    ("/etc/passwd", "an absolute path"),
+    ("\\evil", "an absolute path (backslash used as separator)"),
+    ("..", "'..' component"),
+    ("../x", "'..' component"),
+    ("a/../../x", "'..' component"),
+    ("a/..", "'..' component"),
+    ("..\\x", "backslash used as separator"),
+    ("a\\..\\..\\x", "backslash used as separator"),
+    ("C:/x", "a drive letter"),
+    ("c:\\x", "a drive letter"),
+    ("C:", "a drive letter"),
+    ("a//b", "empty or '.' path component"),
+    ("./a", "empty or '.' path component"),
+    ("a/./b", "empty or '.' path component"),
+    ("dir//", "empty or '.' path component"),
+    ("a\x00b", "NUL byte"),
+    ("bad\udcff", "not valid UTF-8"),
+    ("x" * 256, "longer than 255 bytes"),
+    ("a/" * 2100, "longer than 4096 bytes"),
+])
+def test_unsafe_member_names(name: str, problem: str) -> None:
+    found = member_name_problem(name)
+    assert found is not None and problem in found
