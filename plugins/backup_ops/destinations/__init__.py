@@ -1,0 +1,7 @@
+"""Where backups live: one interface for local disks and S3, used by every DAG and the CLI."""
+
+from __future__ import annotations
+
+from backup_ops.destinations.base import BackupDestination, PublishedBackup, receipt_path
+
+__all__ = ["BackupDestination", "PublishedBackup", "receipt_path"]
