@@ -196,7 +196,9 @@ class BackupConfig:
             if db.conn_id == conn_id:
                 return db
         valid = ", ".join(d.conn_id for d in self.backup.databases) or "(none)"
-        raise ConfigError(f"There is no database with connection id {conn_id!r} in source.databases; configured: {valid}.")
+        raise ConfigError(
+            f"There is no database with connection id {conn_id!r} in source.databases; configured: {valid}."
+        )
 
 
 # ---------------------------------------------------------------------------- reading
@@ -300,8 +302,16 @@ def _parse_files(node: _Node) -> FileSource:
             result.append(raw if raw.is_absolute() else anchor / raw)
         return tuple(result)
 
+    include = paths("include")
+    if relative_path is not None:
+        outside = [p for p in include if not p.is_relative_to(relative_path)]
+        if outside:
+            raise ConfigError(
+                f"{node.path_str}.include has {outside[0]}, which is outside relative_path {relative_path}; "
+                "member names are relative to relative_path, so move relative_path up or drop that include."
+            )
     return FileSource(
-        include=paths("include"),
+        include=include,
         exclude=paths("exclude"),
         follow_links=node.child("follow_links").boolean(default=False),
         ignore_unreadable_directories=node.child("ignore_unreadable_directories").boolean(default=False),
@@ -392,7 +402,9 @@ def _parse_destination(node: _Node) -> DestinationSettings:
     names = [d.name for d in dests]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ConfigError(f"{node.path_str}.destinations: destination names must be unique, got {', '.join(dupes)} twice.")
+        raise ConfigError(
+            f"{node.path_str}.destinations: destination names must be unique, got {', '.join(dupes)} twice."
+        )
     return DestinationSettings(
         destinations=tuple(dests),
         filename_prefix=prefix,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 ARCHIVE_TIMESTAMP_FORMAT = "%Y-%m-%d-%H-%M-%S"
@@ -17,7 +17,7 @@ _TIMESTAMP_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})\.zip$")
 
 def archive_file_name(prefix: str, created_at: datetime) -> str:
     """``<prefix><YYYY-MM-DD-HH-MM-SS>.zip`` in UTC, laravel-backup's naming."""
-    return f"{prefix}{created_at.astimezone(timezone.utc).strftime(ARCHIVE_TIMESTAMP_FORMAT)}.zip"
+    return f"{prefix}{created_at.astimezone(UTC).strftime(ARCHIVE_TIMESTAMP_FORMAT)}.zip"
 
 
 def date_from_archive_name(name: str) -> datetime | None:
@@ -31,7 +31,7 @@ def date_from_archive_name(name: str) -> datetime | None:
     if not match:
         return None
     try:
-        return datetime.strptime(match.group(1), ARCHIVE_TIMESTAMP_FORMAT).replace(tzinfo=timezone.utc)
+        return datetime.strptime(match.group(1), ARCHIVE_TIMESTAMP_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         return None
 

@@ -86,7 +86,8 @@ def test_env_expansion_and_relative_includes(monkeypatch, tmp_path):
         ("backup.destination.compression_level", "9",
          "backup.destination.compression_level must be a whole number 0–9, got '9'."),
         ("backup.name", "my app", "backup.name must be a name of letters, digits"),
-        ("backup.encryption", "des", "backup.encryption must be one of 'aes256', 'aes192', 'aes128', 'none', got 'des'."),
+        ("backup.encryption", "des",
+         "backup.encryption must be one of 'aes256', 'aes192', 'aes128', 'none', got 'des'."),
         ("backup.password", "hunter2", "backup.password must be a reference such as {variable: NAME}"),
         ("backup.password", {"vault": "x"}, "backup.password must be a reference such as {variable: NAME}"),
         ("backup.tries", 0, "backup.tries must be a whole number ≥ 1, got 0."),
@@ -136,6 +137,13 @@ def test_plain_password_is_never_echoed():
     assert "hunter2" not in str(info.value)
 
 
+def test_include_outside_relative_path_rejected():
+    raw = minimal()
+    raw["backup"]["source"]["files"] = {"relative_path": "/srv/app", "include": ["uploads", "/etc/passwd"]}
+    with pytest.raises(ConfigError, match="include has /etc/passwd, which is outside relative_path /srv/app"):
+        parse_config(raw)
+
+
 def test_duplicate_destination_names_rejected():
     raw = minimal()
     raw["backup"]["destination"]["destinations"].append({"name": "local", "type": "local", "path": "/b"})
@@ -165,7 +173,7 @@ def test_missing_file_and_invalid_yaml(tmp_path):
 
 def test_unknown_destination_lists_valid_names():
     config = parse_config(minimal())
-    with pytest.raises(ConfigError, match="There is no backup destination named 'nas'; configured destinations are: local."):
+    with pytest.raises(ConfigError, match="no backup destination named 'nas'; configured destinations are: local."):
         config.destination("nas")
 
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+
 from backup_ops.config import RetentionSettings
 from backup_ops.errors import ConfigError
 from backup_ops.models import BackupFile
