@@ -1,0 +1,138 @@
+"""backup_daily: dump every database, collect files, build one verified archive, publish everywhere.
+
+Wiring only; every step lives in ``backup_ops.operators.backup``. The config is read at parse
+time (a local YAML file, no Variables or Connections) so a bad config shows as an import
+error in the Airflow UI instead of failing at 02:00.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Asset, CronTriggerTimetable, Param, TriggerRule, dag, task
+
+from backup_ops.config import load_config
+from backup_ops.operators import backup as steps
+
+CONFIG = load_config()
+# Name-only: a URI with a custom scheme makes Airflow load every provider's URI handlers at parse time (~0.6 s).
+BACKUP_ASSET = Asset(name=steps.asset_name(CONFIG.backup.name), group="backup")
+
+DOC = f"""
+### backup_daily — `{CONFIG.backup.name}`
+
+1. **plan**: validates the trigger Params and picks databases, files and destinations;
+   **check_databases** / **check_destinations** fail fast (connections, credentials, pg_dump
+   version, reachability) before any work starts.
+2. **dump_database** (one task per database): `pg_dump` inside an exported REPEATABLE READ
+   snapshot; exact row counts taken in the same snapshot.
+3. **collect_files**: the configured includes minus excludes.
+4. **build_archive**: one zip (`{CONFIG.backup.encryption}`) with the dumps, files and `manifest.json`,
+   then opened and checked member by member.
+5. **publish** (one task per destination): atomic copy + receipt, then read back and verified.
+6. **finalize**: decides success (see `continue_on_failure`), emits the `{BACKUP_ASSET.name}` asset event.
+7. **remove_staging** (teardown of **prepare_staging**): always runs; deletes this run's staging directory.
+
+Destinations: {", ".join(CONFIG.backup.destination.names())}. Config: `{CONFIG.source_path}`.
+Runbook: `docs/runbook.md`.
+"""
+
+
+@dag(
+    dag_id="backup_daily",
+    # Explicit trigger timetable: the same semantics whatever [scheduler] create_cron_data_intervals says.
+    schedule=CronTriggerTimetable(CONFIG.backup.schedule, timezone="UTC"),
+    start_date=datetime(2024, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["backup", "backup-ops", CONFIG.backup.name],
+    doc_md=DOC,
+    default_args={
+        "owner": "backup-ops",
+        "retries": CONFIG.backup.tries - 1,
+        "retry_delay": timedelta(seconds=CONFIG.backup.retry_delay),
+        "retry_exponential_backoff": CONFIG.backup.retry_delay > 0,
+    },
+    params={
+        "only_db": Param(False, type="boolean", description="Back up the databases only (no files)."),
+        "only_files": Param(False, type="boolean", description="Back up the files only (no databases)."),
+        "db_names": Param(
+            [], type="array", items={"type": "string"},
+            description="Only these connection ids from source.databases (empty: all).",
+        ),
+        "only_to_destination": Param(
+            "", type="string",
+            description="Publish to this destination only (empty: all). Configured: "
+            + ", ".join(CONFIG.backup.destination.names()),
+        ),
+        "disable_notifications": Param(False, type="boolean", description="Send no notifications for this run."),
+    },
+    render_template_as_native_obj=True,
+)
+def backup_daily() -> None:
+    @task
+    def prepare_staging(dag_run: Any = None) -> str:
+        return steps.prepare_staging(dag_run.dag_id, dag_run.run_id)
+
+    @task(multiple_outputs=True)
+    def plan(staging_dir: str, params: Any = None) -> dict[str, Any]:
+        return steps.plan(dict(params), staging_dir)
+
+    @task
+    def check_databases(conn_ids: list[str]) -> list[str]:
+        return steps.check_databases(conn_ids)
+
+    @task
+    def check_destinations(names: list[str]) -> list[str]:
+        return steps.check_destinations(names)
+
+    @task(map_index_template="{{ task.op_kwargs['conn_id'] }}")
+    def dump_database(conn_id: str, staging_dir: str) -> dict[str, Any]:
+        return steps.dump_database(conn_id, staging_dir)
+
+    @task
+    def collect_files(staging_dir: str, include_files: bool) -> dict[str, Any]:
+        return steps.collect_files(staging_dir, include_files)
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    def build_archive(plan_result: dict[str, Any], dumps: Any, files: dict[str, Any],
+                      dag_run: Any = None) -> dict[str, Any]:
+        run = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id,
+               "logical_date": str(dag_run.logical_date) if dag_run.logical_date else ""}
+        return steps.build_archive(plan_result, list(dumps or []), files, run)
+
+    @task(map_index_template="{{ task.op_kwargs['destination'] }}")
+    def publish(destination: str, archive: dict[str, Any]) -> dict[str, Any]:
+        return steps.publish(destination, archive)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[BACKUP_ASSET], retries=0)
+    def finalize(ti: Any = None, outlet_events: Any = None) -> dict[str, Any]:
+        # Pulled here, not passed as arguments: upstream failures leave XComs missing, and an
+        # ALL_DONE task must still run to report them.
+        planned_run = ti.xcom_pull(task_ids="plan", default=None)
+        count = len(planned_run["destinations"]) if planned_run else 0
+        published = ti.xcom_pull(task_ids="publish", map_indexes=list(range(count)), default=None) if count else []
+        summary = steps.summarize(planned_run, ti.xcom_pull(task_ids="build_archive", default=None), published)
+        outlet_events[BACKUP_ASSET].extra = summary
+        return summary
+
+    @task(retries=0)
+    def remove_staging(staging_dir: str) -> None:
+        steps.remove_staging(staging_dir)
+
+    # XComArgs are typed Any: TaskFlow's call signatures are not expressible to mypy.
+    staging: Any = prepare_staging()
+    planned: Any = plan(staging)
+    databases: Any = check_databases(planned["databases"])
+    destinations: Any = check_destinations(planned["destinations"])
+    dumps: Any = dump_database.partial(staging_dir=planned["staging_dir"]).expand(conn_id=databases)
+    files: Any = collect_files(planned["staging_dir"], planned["include_files"])
+    archive: Any = build_archive(planned, dumps, files)
+    published: Any = publish.partial(archive=archive).expand(destination=destinations)
+    done: Any = finalize()
+    published >> done
+    done >> remove_staging(staging).as_teardown(setups=staging)
+
+
+backup_daily()

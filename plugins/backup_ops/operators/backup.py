@@ -1,0 +1,384 @@
+"""The steps of ``backup_daily``: each wraps one core call, logs one summary, returns a small dict.
+
+The DAG file turns these functions into tasks; nothing here runs at parse time. Heavy
+imports (pyzipper, psycopg, boto3) happen inside the called core/adapters modules.
+Large data never travels through XCom: dumps and the file listing stay in the run's
+staging directory, and tasks pass paths, sizes and checksums.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from backup_ops import __version__
+from backup_ops.config import BackupConfig, LocalDestinationConfig, load_config
+from backup_ops.errors import BackupError, ConfigError, DestinationError, VerificationError
+from backup_ops.models import DumpResult, Receipt, archive_file_name
+
+log = logging.getLogger(__name__)
+
+FILE_LISTING = "files.jsonl"
+
+
+def asset_name(backup_name: str) -> str:
+    """The Airflow Asset that gets one event per published backup."""
+    return f"backup-ops/{backup_name}"
+
+
+# ---------------------------------------------------------------------------- plan
+
+
+def prepare_staging(dag_id: str, run_id: str) -> str:
+    """Create this run's private staging directory (0700) below backup.staging_directory."""
+    root = load_config().backup.staging_directory
+    staging = root / _safe_dir_name(f"{dag_id}__{run_id}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(staging, 0o700)
+    except OSError as exc:
+        raise ConfigError(
+            f"backup.staging_directory {root} cannot be used ({exc.strerror}); point it at a writable directory."
+        ) from exc
+    return str(staging)
+
+
+def plan(params: dict[str, Any], staging_dir: str) -> dict[str, Any]:
+    """Validate the run's Params against the config and decide what this run backs up, and where."""
+    from backup_ops.secrets import resolve_secret
+
+    config = load_config()
+    only_db, only_files = bool(params.get("only_db")), bool(params.get("only_files"))
+    if only_db and only_files:
+        raise ConfigError("Params only_db and only_files cannot be used together; set at most one of them.")
+    databases = [] if only_files else _selected_databases(config, params.get("db_names") or [])
+    include_files = not only_db and bool(config.backup.files.include)
+    if not databases and not include_files:
+        raise ConfigError(
+            "There is nothing to back up: no database is selected and no file include is configured "
+            "(check source.databases, source.files.include and the only_db/only_files/db_names params)."
+        )
+    target = params.get("only_to_destination") or None
+    destinations = [config.destination(target).name] if target else config.backup.destination.names()
+    # Resolve the password now so a missing secret fails the run before any dump starts.
+    resolve_secret(config.backup.password)
+
+    created_at = datetime.now(UTC).replace(microsecond=0)
+    staging = Path(staging_dir)
+    result = {
+        "created_at": created_at.isoformat(),
+        "archive_name": archive_file_name(config.backup.destination.filename_prefix, created_at),
+        "staging_dir": str(staging),
+        "databases": databases,
+        "include_files": include_files,
+        "destinations": destinations,
+        "disable_notifications": bool(params.get("disable_notifications")),
+    }
+    log.info(
+        "Backup %s: %d database(s) %s, files %s, destinations %s, archive %s, staging %s",
+        config.backup.name, len(databases), databases, "included" if include_files else "skipped",
+        destinations, result["archive_name"], staging,
+    )
+    return result
+
+
+def _selected_databases(config: BackupConfig, wanted: list[str]) -> list[str]:
+    configured = [db.conn_id for db in config.backup.databases]
+    if not wanted:
+        return configured
+    unknown = [name for name in wanted if name not in configured]
+    if unknown:
+        raise ConfigError(
+            f"Param db_names has {', '.join(unknown)}, which is not in source.databases; "
+            f"configured: {', '.join(configured) or '(none)'}."
+        )
+    return [name for name in configured if name in wanted]
+
+
+def _safe_dir_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:200]
+
+
+# ---------------------------------------------------------------------------- preflight
+
+
+def check_databases(conn_ids: list[str]) -> list[str]:
+    """Fail fast on a missing connection, wrong credentials or a pg_dump older than the server."""
+    from backup_ops.dump import check_target
+
+    config = load_config()
+    for conn_id in conn_ids:
+        summary = check_target(pg_target(conn_id), config.database(conn_id), pg_bin_dir=config.backup.pg_bin_dir)
+        log.info("Database %s: %s", conn_id, summary)
+    return list(conn_ids)
+
+
+def check_destinations(names: list[str]) -> list[str]:
+    """Check every destination is reachable before dumping; all must be, unless continue_on_failure."""
+    from backup_ops.destinations.factory import make_destination
+
+    config = load_config()
+    problems = []
+    for name in names:
+        dest = make_destination(config.destination(name), config.backup.name)
+        try:
+            dest.check_reachable()
+            log.info("Destination %s (%s) is reachable", name, dest.location())
+        except DestinationError as exc:
+            log.error("%s", exc)
+            problems.append(str(exc))
+    if problems and (not config.backup.destination.continue_on_failure or len(problems) == len(names)):
+        raise DestinationError(problems[0] if len(problems) == 1 else " ".join(problems))
+    return list(names)
+
+
+# ---------------------------------------------------------------------------- dump
+
+
+def dump_database(conn_id: str, staging_dir: str) -> dict[str, Any]:
+    """Dump one database into the staging directory; returns a summary (the full result stays on disk)."""
+    from backup_ops.dump import dump_database as run_dump
+
+    config = load_config()
+    source = config.database(conn_id)
+    result = run_dump(pg_target(conn_id), source, Path(staging_dir), pg_bin_dir=config.backup.pg_bin_dir, log=log)
+    result_file = Path(staging_dir) / "db-dumps" / f"{conn_id}.result.json"
+    result_file.write_text(json.dumps(result.to_dict()), encoding="utf-8")
+    return {
+        "conn_id": conn_id,
+        "database": result.database,
+        "member": result.member_name,
+        "bytes": result.size,
+        "sha256": result.sha256,
+        "tables": len(result.tables),
+        "rows": result.total_rows,
+        "seconds": round(result.duration_s, 3),
+        "result_file": str(result_file),
+    }
+
+
+def pg_target(conn_id: str) -> Any:
+    """Connection details for one Airflow postgres connection (password stays in memory only)."""
+    from airflow.sdk import Connection
+
+    from backup_ops.dump import PgTarget
+
+    try:
+        conn = Connection.get(conn_id)
+    except Exception as exc:  # the SDK raises its own not-found type
+        raise ConfigError(
+            f"Airflow connection {conn_id!r} (source.databases) could not be read ({type(exc).__name__}); "
+            f"create it, e.g. `airflow connections add {conn_id} --conn-uri postgresql://user:pass@host:5432/db`."
+        ) from None
+    if not conn.schema:
+        raise ConfigError(f"Airflow connection {conn_id!r} has no database name (schema field); set it.")
+    extra = conn.extra_dejson or {}
+    return PgTarget(
+        host=conn.host or "localhost",
+        port=int(conn.port or 5432),
+        user=conn.login or "",
+        password=conn.password or "",
+        dbname=conn.schema,
+        sslmode=extra.get("sslmode"),
+        connect_timeout=int(extra.get("connect_timeout", 10)),
+    )
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def always_excluded(config: BackupConfig) -> list[Path]:
+    """Paths never backed up: the staging area and local destinations (a backup must not contain itself)."""
+    paths = [config.backup.staging_directory]
+    paths += [d.path for d in config.backup.destination.destinations if isinstance(d, LocalDestinationConfig)]
+    return paths
+
+
+def collect_files(staging_dir: str, include_files: bool) -> dict[str, Any]:
+    """Select the files to back up and write the list to the staging directory (one JSON line each)."""
+    from backup_ops.files import select_files
+
+    listing = Path(staging_dir) / FILE_LISTING
+    count = dirs = total = 0
+    with open(listing, "w", encoding="utf-8") as out:
+        if include_files:
+            config = load_config()
+            for entry in select_files(config.backup.files, always_excluded(config), log=log):
+                out.write(json.dumps({"path": str(entry.path), "arcname": entry.arcname,
+                                      "is_dir": entry.is_dir, "size": entry.size}) + "\n")
+                if entry.is_dir:
+                    dirs += 1
+                else:
+                    count += 1
+                    total += entry.size
+    return {"files": count, "directories": dirs, "bytes": total, "listing": str(listing)}
+
+
+def _read_listing(path: Path) -> Any:
+    from backup_ops.files import SelectedEntry
+
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            item = json.loads(line)
+            yield SelectedEntry(Path(item["path"]), item["arcname"], item["is_dir"], item["size"])
+
+
+# ---------------------------------------------------------------------------- archive
+
+
+def build_archive(plan_result: dict[str, Any], dumps: list[dict[str, Any]], files: dict[str, Any],
+                  run: dict[str, str]) -> dict[str, Any]:
+    """Zip the dumps, files and manifest into one (encrypted) archive, then verify it end to end."""
+    from backup_ops.archive import build_archive as run_build
+    from backup_ops.archive import verify_archive
+    from backup_ops.manifest import build_manifest
+    from backup_ops.secrets import resolve_secret
+
+    config = load_config()
+    password = resolve_secret(config.backup.password)
+    secret = password.encode() if password else None
+    results = [DumpResult.from_dict(json.loads(Path(d["result_file"]).read_text())) for d in dumps or []]
+    staging = Path(plan_result["staging_dir"])
+    target = staging / plan_result["archive_name"]
+    created_at = datetime.fromisoformat(plan_result["created_at"])
+    versions = tool_versions()
+
+    def make_manifest(members: Any) -> dict[str, Any]:
+        return build_manifest(
+            backup_name=config.backup.name, created_at=created_at, archive_name=plan_result["archive_name"],
+            run=run, dumps=results, members=members, encryption=config.backup.encryption, tool_versions=versions,
+        )
+
+    started = time.monotonic()
+    archive = run_build(
+        target, dumps=results, files=_read_listing(Path(files["listing"])), password=secret,
+        encryption=config.backup.encryption, compression_level=config.backup.destination.compression_level,
+        make_manifest=make_manifest,
+    )
+    built = time.monotonic() - started
+    checked = verify_archive(target, password=secret, expected_sha256=archive.sha256, expected_size=archive.size)
+    log.info(
+        "Built %s: %d members (%d dumps, %d files), %s in %.1f s (%s/s), encryption %s; verified %d members",
+        target.name, archive.member_count, len(results), archive.file_count, human_bytes(archive.size), built,
+        human_bytes(archive.size / built if built else 0), config.backup.encryption, checked.members_checked,
+    )
+    return {
+        "path": str(target),
+        "name": plan_result["archive_name"],
+        "size": archive.size,
+        "sha256": archive.sha256,
+        "manifest_sha256": archive.manifest_sha256,
+        "members": archive.member_count,
+        "created_at": plan_result["created_at"],
+    }
+
+
+def tool_versions() -> dict[str, str]:
+    import pyzipper
+
+    versions = {"backup_ops": __version__, "python": platform.python_version(),
+                "pyzipper": getattr(pyzipper, "__version__", "unknown")}
+    try:
+        from airflow import __version__ as airflow_version
+
+        versions["airflow"] = airflow_version
+    except ImportError:
+        pass
+    return versions
+
+
+# ---------------------------------------------------------------------------- publish
+
+
+def publish(destination: str, archive: dict[str, Any]) -> dict[str, Any]:
+    """Publish the staged archive to one destination atomically and verify the copy there."""
+    from backup_ops.archive import verify_archive
+    from backup_ops.destinations.factory import make_destination
+    from backup_ops.secrets import resolve_secret
+
+    config = load_config()
+    dest = make_destination(config.destination(destination), config.backup.name)
+    dest.check_reachable()
+    receipt = Receipt(archive=archive["name"], size=archive["size"], sha256=archive["sha256"],
+                      created_at=archive["created_at"], manifest_sha256=archive.get("manifest_sha256"))
+    published = dest.publish(Path(archive["path"]), archive["name"], receipt)
+    try:
+        dest.verify_published(published)
+        local_copy = dest.local_path(published.path)
+        if local_copy is not None:
+            password = resolve_secret(config.backup.password)
+            verify_archive(local_copy, password=password.encode() if password else None,
+                           expected_sha256=archive["sha256"], expected_size=archive["size"])
+    except (VerificationError, BackupError):
+        if not published.already_present:
+            dest.discard(published)
+        raise
+    log.info(
+        "Published %s to %s (%s): %s in %.1f s (%s/s), verified%s",
+        archive["name"], destination, published.location, human_bytes(published.size), published.seconds,
+        human_bytes(published.size / published.seconds if published.seconds else 0),
+        " (already present from an earlier attempt)" if published.already_present else "",
+    )
+    return {"destination": destination, "path": published.path, "location": published.location,
+            "size": published.size, "sha256": published.sha256}
+
+
+# ---------------------------------------------------------------------------- finish
+
+
+def summarize(plan_result: dict[str, Any] | None, archive: dict[str, Any] | None,
+              published_results: Any) -> dict[str, Any]:
+    """Decide whether the run succeeded given which destinations got a verified copy."""
+    if isinstance(published_results, dict):
+        published_results = [published_results]
+    published: list[dict[str, Any]] = [p for p in (published_results or []) if p]
+    if not plan_result or not archive:
+        raise BackupError("No archive was built, so nothing was published; see the failed task above for the cause.")
+    config = load_config()
+    done = {p["destination"] for p in published}
+    failed = [name for name in plan_result["destinations"] if name not in done]
+    if failed and (not config.backup.destination.continue_on_failure or not done):
+        raise DestinationError(
+            f"Backup {archive['name']} failed on destination(s) {', '.join(failed)}"
+            + (f" (verified copies exist on {', '.join(sorted(done))})" if done else "")
+            + "; see the publish task logs for each cause."
+        )
+    if failed:
+        log.warning("Backup %s failed on %s; continue_on_failure is set and %s got a verified copy.",
+                    archive["name"], ", ".join(failed), ", ".join(sorted(done)))
+    log.info("Backup %s complete: %s, sha256 %s, on %s", archive["name"], human_bytes(archive["size"]),
+             archive["sha256"], ", ".join(p["location"] for p in published))
+    return {"archive": archive["name"], "size": archive["size"], "sha256": archive["sha256"],
+            "locations": [p["location"] for p in published], "failed_destinations": failed}
+
+
+def remove_staging(staging_dir: str | None) -> None:
+    """Delete the run's staging directory, whatever happened before."""
+    if not staging_dir:
+        return
+    path = Path(staging_dir)
+    root = load_config().backup.staging_directory
+    if path.parent != root:  # defence in depth: only ever delete a run folder we created
+        raise BackupError(f"Refusing to remove {path}: it is not a run folder below {root}.")
+    if path.exists():
+        shutil.rmtree(path)
+        log.info("Removed staging directory %s", path)
+
+
+def human_bytes(count: float) -> str:
+    """1536 → '1.50 KB' (binary units, like laravel-backup's Format::humanReadableSize)."""
+    size = float(count)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    return f"{size:.2f} TB"

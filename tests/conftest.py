@@ -1,0 +1,25 @@
+"""Test session setup: an isolated AIRFLOW_HOME, set before anything imports Airflow.
+
+Real services (PostgreSQL, S3 API, SMTP) are started by the fixture modules below, on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="backup-ops-airflow-"))
+
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
+os.environ.setdefault("BACKUP_OPS_CONFIG", str(ROOT / "include" / "backup_config.yaml"))
+
+# TEMPORARY while fixture modules are being written in parallel; made static before commit.
+pytest_plugins = [m for m in ("tests.fixtures_pg", "tests.fixtures_s3")
+                  if (ROOT / (m.replace(".", "/") + ".py")).exists()]
