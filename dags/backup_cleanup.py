@@ -1,0 +1,80 @@
+"""backup_cleanup: apply the retention policy on every destination, one mapped task per destination.
+
+Wiring only; the work is ``backup_ops.operators.cleanup.BackupCleanupOperator``. The config is read
+at parse time (a local YAML file, no Variables or Connections) so a bad policy shows as an import
+error in the Airflow UI instead of failing at 01:00.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, dag, task
+
+from backup_ops.config import load_config
+from backup_ops.operators.cleanup import BackupCleanupOperator, report_cleanup
+from backup_ops.retention import RetentionPolicy
+
+CONFIG = load_config()
+DESTINATIONS = CONFIG.backup.destination.names()
+# Built here so an invalid policy is an import error, and so the docs show it in words.
+POLICY = RetentionPolicy.from_settings(CONFIG.cleanup.retention)
+
+DOC = f"""
+### backup_cleanup — `{CONFIG.backup.name}`
+
+**Policy:** {POLICY.describe()}
+
+1. **cleanup** (one task per destination: {", ".join(DESTINATIONS)}): list the `.zip` backups, plan
+   with `backup_ops.retention.plan_cleanup` measured from the run's logical date, log every decision
+   with its rule, delete each planned archive together with its receipt, log the used storage after
+   cleanup. Non-zip files are never touched. Trigger with `dry_run` to log the plan and delete nothing.
+2. **report**: one line per destination; fails the run naming every destination whose cleanup failed
+   (a failing destination never stops the others).
+
+Re-running a past date decides the same as that day did. Config: `{CONFIG.source_path}`.
+Retention explained: `docs/retention.md`.
+"""
+
+
+@dag(
+    dag_id="backup_cleanup",
+    # A trigger timetable, whatever [scheduler] create_cron_data_intervals says, so the logical date,
+    # the data interval end and the moment the run was due are one instant: retention's "now".
+    schedule=CronTriggerTimetable(CONFIG.cleanup.schedule, timezone="UTC"),
+    # Airflow creates no task instances for runs dated before start_date; an early one lets
+    # `airflow dags test backup_cleanup <past date>` replay any past day. catchup=False keeps
+    # the scheduler from backfilling it.
+    start_date=datetime(2000, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    tags=["backup", "backup-ops", "cleanup", CONFIG.backup.name],
+    doc_md=DOC,
+    default_args={
+        "owner": "backup-ops",
+        "retries": CONFIG.cleanup.tries - 1,
+        "retry_delay": timedelta(seconds=CONFIG.cleanup.retry_delay),
+        "retry_exponential_backoff": CONFIG.cleanup.retry_delay > 0,
+    },
+    params={
+        "dry_run": Param(False, type="boolean", description="Log what would be deleted, and why; delete nothing."),
+    },
+    render_template_as_native_obj=True,
+)
+def backup_cleanup() -> None:
+    cleaned = BackupCleanupOperator.partial(
+        task_id="cleanup",
+        dry_run="{{ params.dry_run }}",
+        map_index_template="{{ task.destination }}",
+    ).expand(destination=DESTINATIONS)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
+    def report(ti: Any = None) -> dict[str, Any]:
+        # Every summary that exists (a failed destination has none); each names its destination.
+        return report_cleanup(DESTINATIONS, ti.xcom_pull(task_ids="cleanup", default=None))
+
+    cleaned >> report()
+
+
+backup_cleanup()
