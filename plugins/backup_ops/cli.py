@@ -1,15 +1,20 @@
 """``python -m backup_ops``: operator commands that work without a running Airflow.
 
 ``list`` prints laravel-backup's ``backup:list`` table: one row per destination.
+``verify ARCHIVE`` checks a downloaded archive against its manifest (and receipt, if beside it).
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from backup_ops.config import BackupConfig, load_config
 from backup_ops.errors import BackupError
@@ -88,16 +93,49 @@ def render_table(statuses: Sequence[DestinationStatus], now: datetime) -> str:
     return "\n".join(out)
 
 
+def verify_command(archive: Path, password_env: str) -> str:
+    """Verify one archive file; returns the report text, raises BackupError when it is not sound."""
+    from backup_ops.archive import verify_archive
+
+    password = os.environ.get(password_env)
+    if password is None and sys.stdin.isatty():
+        password = getpass.getpass(f"Archive password for {archive.name} (empty: none): ") or None
+    receipt_file = archive.with_name(archive.name + ".json")
+    expected_sha = expected_size = None
+    if receipt_file.is_file():
+        receipt = json.loads(receipt_file.read_text(encoding="utf-8"))
+        expected_sha, expected_size = receipt.get("sha256"), receipt.get("size")
+    result = verify_archive(archive, password=password.encode() if password else None,
+                            expected_sha256=expected_sha, expected_size=expected_size)
+    manifest = result.manifest
+    lines = [f"{archive}: OK — {result.members_checked} members, {human_bytes(result.bytes_checked)} checked"
+             + (" (size and sha256 match the receipt)" if expected_sha else " (no receipt beside it)"),
+             f"  created {manifest.created_at.isoformat()} by {manifest.run.get('dag_id', '?')} "
+             f"run {manifest.run.get('run_id', '?')}, encryption {manifest.encryption}"]
+    for db in manifest.databases:
+        lines.append(f"  {db.member}: {db.database}, {len(db.tables)} tables, {db.total_rows} rows, "
+                     f"pg_dump {db.pg_dump_version}, server {db.server_version}")
+    lines.append(f"  files: {manifest.file_count} ({human_bytes(manifest.file_bytes)})")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backup_ops", description=__doc__)
     parser.add_argument("--config", help="config file (default: $BACKUP_OPS_CONFIG or include/backup_config.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="one row per destination: reachable, count, newest backup, used storage")
+    verify = sub.add_parser("verify", help="check an archive file member by member against its manifest")
+    verify.add_argument("archive", type=Path)
+    verify.add_argument("--password-env", default="BACKUP_ARCHIVE_PASSWORD",
+                        help="environment variable holding the archive password (default: %(default)s); "
+                        "asked for interactively when unset")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
         if args.command == "list":
+            config = load_config(args.config)
             print(render_table(destination_statuses(config), datetime.now(UTC)))
+        elif args.command == "verify":
+            print(verify_command(args.archive, args.password_env))
     except BackupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
