@@ -20,6 +20,4 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
 os.environ.setdefault("BACKUP_OPS_CONFIG", str(ROOT / "include" / "backup_config.yaml"))
 
-# TEMPORARY while fixture modules are being written in parallel; made static before commit.
-pytest_plugins = [m for m in ("tests.fixtures_pg", "tests.fixtures_s3")
-                  if (ROOT / (m.replace(".", "/") + ".py")).exists()]
+pytest_plugins = ["tests.fixtures_pg", "tests.fixtures_s3"]

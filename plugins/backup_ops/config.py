@@ -399,6 +399,7 @@ def _parse_destination(node: _Node) -> DestinationSettings:
         dests.append(_parse_one_destination(item))
     if not dests:
         node.child("destinations").fail("at least one destination")
+    _reject_shared_targets(node, dests)
     names = [d.name for d in dests]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -411,6 +412,20 @@ def _parse_destination(node: _Node) -> DestinationSettings:
         compression_level=level,
         continue_on_failure=node.child("continue_on_failure").boolean(default=False),
     )
+
+
+def _reject_shared_targets(node: _Node, dests: list[DestinationConfig]) -> None:
+    """Two destinations writing to the same place would race each other (and cleanup twice)."""
+    seen: dict[str, str] = {}
+    for dest in dests:
+        where = (f"local:{dest.path}" if isinstance(dest, LocalDestinationConfig)
+                 else f"s3://{dest.bucket}/{dest.prefix}")
+        if where in seen:
+            raise ConfigError(
+                f"{node.path_str}.destinations: {seen[where]} and {dest.name} both point at {where}; "
+                "give each destination its own path or bucket prefix."
+            )
+        seen[where] = dest.name
 
 
 def _parse_one_destination(item: _Node) -> DestinationConfig:

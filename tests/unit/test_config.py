@@ -151,6 +151,16 @@ def test_duplicate_destination_names_rejected():
         parse_config(raw)
 
 
+def test_two_destinations_on_the_same_target_rejected():
+    raw = minimal()
+    raw["backup"]["destination"]["destinations"] = [
+        {"name": "a", "type": "s3", "conn_id": "aws", "bucket": "bkt", "prefix": "prod/"},
+        {"name": "b", "type": "s3", "conn_id": "aws2", "bucket": "bkt", "prefix": "prod"},
+    ]
+    with pytest.raises(ConfigError, match="a and b both point at s3://bkt/prod"):
+        parse_config(raw)
+
+
 def test_duplicate_databases_rejected():
     raw = with_value("backup.source.databases", ["app_db", "app_db"])
     with pytest.raises(ConfigError, match="connection id 'app_db' is listed twice"):

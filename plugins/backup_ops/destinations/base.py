@@ -117,6 +117,10 @@ class BackupDestination(ABC):
     def verify_published(self, published: PublishedBackup) -> None:
         """Re-read what was published and raise VerificationError unless size and SHA-256 match."""
 
+    def cancel(self) -> None:
+        """Abort work in progress (called when the task is killed); nothing to do for most destinations."""
+        return None
+
     @abstractmethod
     def discard(self, published: PublishedBackup) -> None:
         """Remove an archive this run published that then failed verification (and its receipt)."""
