@@ -14,6 +14,7 @@ from airflow.sdk import Asset, CronTriggerTimetable, Param, TriggerRule, dag, ta
 
 from backup_ops.config import load_config
 from backup_ops.operators import backup as steps
+from backup_ops.operators.publish import PublishBackupOperator
 
 CONFIG = load_config()
 # Name-only: a URI with a custom scheme makes Airflow load every provider's URI handlers at parse time (~0.6 s).
@@ -102,10 +103,6 @@ def backup_daily() -> None:
                "logical_date": str(dag_run.logical_date) if dag_run.logical_date else ""}
         return steps.build_archive(plan_result, list(dumps or []), files, run)
 
-    @task(map_index_template="{{ task.op_kwargs['destination'] }}")
-    def publish(destination: str, archive: dict[str, Any]) -> dict[str, Any]:
-        return steps.publish(destination, archive)
-
     @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[BACKUP_ASSET], retries=0)
     def finalize(ti: Any = None, outlet_events: Any = None) -> dict[str, Any]:
         # Pulled here, not passed as arguments: upstream failures leave XComs missing, and an
@@ -129,7 +126,9 @@ def backup_daily() -> None:
     dumps: Any = dump_database.partial(staging_dir=planned["staging_dir"]).expand(conn_id=databases)
     files: Any = collect_files(planned["staging_dir"], planned["include_files"])
     archive: Any = build_archive(planned, dumps, files)
-    published: Any = publish.partial(archive=archive).expand(destination=destinations)
+    published: Any = PublishBackupOperator.partial(
+        task_id="publish", archive=archive, map_index_template="{{ task.destination }}"
+    ).expand(destination=destinations)
     done: Any = finalize()
     published >> done
     done >> remove_staging(staging).as_teardown(setups=staging)

@@ -21,7 +21,8 @@ from typing import Any
 
 from backup_ops import __version__
 from backup_ops.config import BackupConfig, LocalDestinationConfig, load_config
-from backup_ops.errors import BackupError, ConfigError, DestinationError, VerificationError
+from backup_ops.destinations.base import BackupDestination
+from backup_ops.errors import BackupError, ConfigError, DestinationError
 from backup_ops.models import DumpResult, Receipt, archive_file_name
 
 log = logging.getLogger(__name__)
@@ -299,14 +300,13 @@ def tool_versions() -> dict[str, str]:
 # ---------------------------------------------------------------------------- publish
 
 
-def publish(destination: str, archive: dict[str, Any]) -> dict[str, Any]:
+def publish(dest: BackupDestination, archive: dict[str, Any]) -> dict[str, Any]:
     """Publish the staged archive to one destination atomically and verify the copy there."""
     from backup_ops.archive import verify_archive
-    from backup_ops.destinations.factory import make_destination
     from backup_ops.secrets import resolve_secret
 
     config = load_config()
-    dest = make_destination(config.destination(destination), config.backup.name)
+    destination = dest.name
     dest.check_reachable()
     receipt = Receipt(archive=archive["name"], size=archive["size"], sha256=archive["sha256"],
                       created_at=archive["created_at"], manifest_sha256=archive.get("manifest_sha256"))
@@ -318,7 +318,7 @@ def publish(destination: str, archive: dict[str, Any]) -> dict[str, Any]:
             password = resolve_secret(config.backup.password)
             verify_archive(local_copy, password=password.encode() if password else None,
                            expected_sha256=archive["sha256"], expected_size=archive["size"])
-    except (VerificationError, BackupError):
+    except BackupError:
         if not published.already_present:
             dest.discard(published)
         raise
