@@ -56,10 +56,22 @@ def test_backup_daily_produces_a_verified_archive(backup_env, first_backup, pg_s
     assert PASSWORD not in archive.parent.joinpath(archive.name + ".json").read_text()
 
 
-def test_finalize_reports_locations(first_backup):
-    _, run, _ = first_backup
-    finalize = next(ti for ti in run.get_task_instances() if ti.task_id == "finalize")
-    assert finalize.state == "success"
+def test_asset_event_carries_size_sha256_and_location(first_backup):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    archive, run, _ = first_backup
+    with create_session() as session:
+        events = (session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+                  .filter(AssetModel.name == "backup-ops/invoicing-app", AssetEvent.source_run_id == run.run_id)
+                  .all())
+        assert len(events) == 1
+        extra = events[0].extra
+    assert extra["archive"] == archive.name
+    assert extra["size"] == archive.stat().st_size
+    assert extra["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert extra["locations"] == [archive.as_uri()]
+    assert extra["failed_destinations"] == []
 
 
 def test_wrong_password_fails_and_publishes_nothing(backup_env, first_backup, pg_server):
