@@ -13,6 +13,7 @@ from typing import Any
 from airflow.sdk import Asset, CronTriggerTimetable, Param, TriggerRule, dag, task
 
 from backup_ops.config import load_config
+from backup_ops.notify import record_task_failure
 from backup_ops.operators import backup as steps
 from backup_ops.operators.publish import PublishBackupOperator
 
@@ -54,6 +55,7 @@ Runbook: `docs/runbook.md`.
         "retries": CONFIG.backup.tries - 1,
         "retry_delay": timedelta(seconds=CONFIG.backup.retry_delay),
         "retry_exponential_backoff": CONFIG.backup.retry_delay > 0,
+        "on_failure_callback": record_task_failure,
     },
     params={
         "only_db": Param(False, type="boolean", description="Back up the databases only (no files)."),
@@ -103,18 +105,20 @@ def backup_daily() -> None:
                "logical_date": str(dag_run.logical_date) if dag_run.logical_date else ""}
         return steps.build_archive(plan_result, list(dumps or []), files, run)
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[BACKUP_ASSET], retries=0)
-    def finalize(ti: Any = None, outlet_events: Any = None) -> dict[str, Any]:
+    # Its own failure is the run's summary, already in the notification it sends: not recorded again.
+    @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[BACKUP_ASSET], retries=0, on_failure_callback=None)
+    def finalize(ti: Any = None, params: Any = None, outlet_events: Any = None) -> dict[str, Any]:
         # Pulled here, not passed as arguments: upstream failures leave XComs missing, and an
         # ALL_DONE task must still run to report them.
         planned_run = ti.xcom_pull(task_ids="plan", default=None)
         count = len(planned_run["destinations"]) if planned_run else 0
         published = ti.xcom_pull(task_ids="publish", map_indexes=list(range(count)), default=None) if count else []
-        summary = steps.summarize(planned_run, ti.xcom_pull(task_ids="build_archive", default=None), published)
+        summary = steps.finish_run(ti.dag_id, ti.run_id, dict(params or {}), planned_run,
+                                   ti.xcom_pull(task_ids="build_archive", default=None), published)
         outlet_events[BACKUP_ASSET].extra = summary
         return summary
 
-    @task(retries=0)
+    @task(retries=0, on_failure_callback=None)
     def remove_staging(staging_dir: str) -> None:
         steps.remove_staging(staging_dir)
 

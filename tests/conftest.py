@@ -20,4 +20,4 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
 os.environ.setdefault("BACKUP_OPS_CONFIG", str(ROOT / "include" / "backup_config.yaml"))
 
-pytest_plugins = ["tests.fixtures_pg", "tests.fixtures_s3"]
+pytest_plugins = ["tests.fixtures_pg", "tests.fixtures_s3", "tests.fixtures_smtp"]

@@ -96,3 +96,12 @@ def update_config(config_file: Path, **destination_settings: Any) -> str:
     config["backup"]["destination"].update(destination_settings)
     config_file.write_text(yaml.safe_dump(config))
     return original
+
+
+def set_notifications(config_file: Path, **settings: Any) -> str:
+    """Give a test config a ``notifications`` section; returns the old text for restoring."""
+    original = config_file.read_text()
+    config = yaml.safe_load(original)
+    config["notifications"] = settings
+    config_file.write_text(yaml.safe_dump(config))
+    return original

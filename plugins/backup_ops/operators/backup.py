@@ -335,6 +335,30 @@ def publish(dest: BackupDestination, archive: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- finish
 
 
+def finish_run(dag_id: str, run_id: str, params: dict[str, Any], plan_result: dict[str, Any] | None,
+               archive: dict[str, Any] | None, published_results: Any) -> dict[str, Any]:
+    """Decide the run's outcome, send its one notification, and return the Asset event's extra."""
+    from backup_ops.notify import failure_lines, notify_run, read_failures
+
+    config = load_config()
+    disabled = bool(params.get("disable_notifications"))
+    try:
+        summary = summarize(plan_result, archive, published_results)
+    except BackupError as exc:
+        causes = failure_lines(read_failures(config, dag_id, run_id))
+        notify_run(config, dag_id=dag_id, run_id=run_id, what="backup", succeeded=False,
+                   details=[*causes, str(exc)], disabled=disabled)
+        raise
+    causes = failure_lines(read_failures(config, dag_id, run_id))
+    details = [f"archive {summary['archive']}: {human_bytes(summary['size'])}, sha256 {summary['sha256']}",
+               *(f"verified copy: {location}" for location in summary["locations"])]
+    if summary["failed_destinations"]:
+        details += ["", "failed destinations (continue_on_failure is set):", *causes]
+    notify_run(config, dag_id=dag_id, run_id=run_id, what="backup", succeeded=not summary["failed_destinations"],
+               details=details, disabled=disabled)
+    return summary
+
+
 def summarize(plan_result: dict[str, Any] | None, archive: dict[str, Any] | None,
               published_results: Any) -> dict[str, Any]:
     """Decide whether the run succeeded given which destinations got a verified copy."""

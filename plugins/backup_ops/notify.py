@@ -1,0 +1,94 @@
+"""Run notifications: at most one mail per run, naming every failed task with its one-sentence cause.
+
+Each task's ``on_failure_callback`` appends its error to a small notes file; the run's final
+task (``finalize`` / ``report``, trigger rule ALL_DONE) reads the notes and sends one mail, as
+laravel-backup sends one BackupHasFailed per run however many retries it took. Mail goes through
+the Airflow SMTP connection named in ``notifications.mail.conn_id``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from backup_ops.config import BackupConfig, load_config
+
+log = logging.getLogger(__name__)
+
+NOTES_DIR = ".run-notes"
+
+
+def notes_file(config: BackupConfig, dag_id: str, run_id: str) -> Path:
+    """Where a run's failure notes live (below the staging directory, outside any run's staging folder)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{dag_id}__{run_id}")[:200]
+    return config.backup.staging_directory / NOTES_DIR / f"{safe}.jsonl"
+
+
+def record_task_failure(context: Mapping[str, Any]) -> None:
+    """``on_failure_callback``: remember which task failed and why, for the run's single notification."""
+    ti = context["ti"]
+    error = context.get("exception")
+    try:
+        file = notes_file(load_config(), ti.dag_id, ti.run_id)
+        file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        note = {"task": ti.task_id, "map_index": getattr(ti, "map_index", -1),
+                "error": str(error) if error is not None else "failed"}
+        with open(file, "a", encoding="utf-8") as out:
+            out.write(json.dumps(note) + "\n")
+    except Exception:  # a callback must never hide the task's own failure
+        log.warning("Could not record the failure of %s for notification", ti.task_id, exc_info=True)
+
+
+def read_failures(config: BackupConfig, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    """The failures recorded for a run, oldest first, then forget them."""
+    file = notes_file(config, dag_id, run_id)
+    if not file.exists():
+        return []
+    notes = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    file.unlink(missing_ok=True)
+    return notes
+
+
+def notify_run(config: BackupConfig, *, dag_id: str, run_id: str, what: str, succeeded: bool,
+               details: Sequence[str], disabled: bool = False) -> bool:
+    """Send the run's mail when the config asks for it; returns whether a mail was sent.
+
+    A failure to send is logged, never raised: the run's own outcome must not change because
+    the mail server is down (the Airflow UI still shows it).
+    """
+    settings = config.notifications
+    wanted = settings.on_success if succeeded else settings.on_failure
+    if disabled or not wanted or not settings.mail_to:
+        log.info("No notification sent for this run (%s)", "disabled by the run's Params" if disabled
+                 else "not configured for this outcome")
+        return False
+    outcome = "succeeded" if succeeded else "FAILED"
+    subject = f"[backup-ops] {config.backup.name}: {what} {outcome}"
+    lines = [f"{what} {outcome} for {config.backup.name}", f"DAG {dag_id}, run {run_id}", "", *details]
+    body = "<pre>" + html.escape("\n".join(lines)) + "</pre>"
+    try:
+        from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+        with SmtpHook(smtp_conn_id=settings.smtp_conn_id) as hook:
+            hook.send_email_smtp(to=list(settings.mail_to), subject=subject, html_content=body,
+                                 from_email=settings.mail_from)
+    except Exception as exc:
+        log.error("Could not send the notification mail through connection %r: %s", settings.smtp_conn_id, exc)
+        return False
+    log.info("Notification sent to %s: %s", ", ".join(settings.mail_to), subject)
+    return True
+
+
+def failure_lines(failures: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per failed task: ``dump_database[0]: <cause>``."""
+    lines = []
+    for note in failures:
+        index = note.get("map_index", -1)
+        label = note["task"] + (f"[{index}]" if index is not None and index >= 0 else "")
+        lines.append(f"{label}: {note['error']}")
+    return lines
