@@ -13,7 +13,8 @@ from typing import Any
 from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, dag, task
 
 from backup_ops.config import load_config
-from backup_ops.operators.cleanup import BackupCleanupOperator, report_cleanup
+from backup_ops.notify import record_task_failure
+from backup_ops.operators.cleanup import BackupCleanupOperator, finish_cleanup
 from backup_ops.retention import RetentionPolicy
 
 CONFIG = load_config()
@@ -56,6 +57,7 @@ Retention explained: `docs/retention.md`.
         "retries": CONFIG.cleanup.tries - 1,
         "retry_delay": timedelta(seconds=CONFIG.cleanup.retry_delay),
         "retry_exponential_backoff": CONFIG.cleanup.retry_delay > 0,
+        "on_failure_callback": record_task_failure,
     },
     params={
         "dry_run": Param(False, type="boolean", description="Log what would be deleted, and why; delete nothing."),
@@ -69,10 +71,11 @@ def backup_cleanup() -> None:
         map_index_template="{{ task.destination }}",
     ).expand(destination=DESTINATIONS)
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
+    # Its own failure is the run's summary, already in the notification it sends: not recorded again.
+    @task(trigger_rule=TriggerRule.ALL_DONE, retries=0, on_failure_callback=None)
     def report(ti: Any = None) -> dict[str, Any]:
         # Every summary that exists (a failed destination has none); each names its destination.
-        return report_cleanup(DESTINATIONS, ti.xcom_pull(task_ids="cleanup", default=None))
+        return finish_cleanup(ti.dag_id, ti.run_id, DESTINATIONS, ti.xcom_pull(task_ids="cleanup", default=None))
 
     cleaned >> report()
 

@@ -19,6 +19,7 @@ import yaml
 from backup_ops.destinations.local import LocalDestination
 from backup_ops.errors import BackupError, ConfigError, DestinationError
 from backup_ops.operators.cleanup import BackupCleanupOperator, cleanup_moment, report_cleanup
+from tests.dags.conftest import set_notifications
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2016, 1, 1, 22, tzinfo=UTC)
@@ -317,7 +318,8 @@ class TestBackupCleanupDag:
         assert "Keep every backup from the last 7 days" in dag.doc_md
 
     def test_a_broken_destination_fails_the_run_but_the_others_are_cleaned(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, airflow_db: None, capfd: pytest.CaptureFixture
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, airflow_db: None, capfd: pytest.CaptureFixture,
+        mailbox: Any,
     ) -> None:
         good = tmp_path / "good"
         good.mkdir()
@@ -325,6 +327,7 @@ class TestBackupCleanupDag:
         broken.write_text("a file where a directory should be")
         config = write_config(tmp_path, {"good": good, "broken": broken},
                               delete_oldest_backups_when_using_more_megabytes_than=2)
+        set_notifications(config, mail={"to": "ops@example.com", "from": "backups@example.com"})
         monkeypatch.setenv("BACKUP_OPS_CONFIG", str(config))
         newest, second, _, _ = four_daily_backups(good)
 
@@ -338,6 +341,9 @@ class TestBackupCleanupDag:
         assert "retention measured from 2016-01-01T22:00:00+00:00" in out
         assert f"Destination broken: directory {broken} does not exist" in out
         assert "Cleanup failed on destination(s) broken (cleaned: good)" in out
+        assert [m["Subject"] for m in mailbox.messages] == ["[backup-ops] mysite: cleanup FAILED"]
+        (body,) = mailbox.bodies()
+        assert f"cleanup[1]: Destination broken: directory {broken} does not exist" in body
 
     def test_dry_run_param_deletes_nothing(
         self, local: Path, airflow_db: None, capfd: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture

@@ -277,3 +277,22 @@ def report_cleanup(destinations: Sequence[str], summaries: Any) -> dict[str, Any
             + "; see each destination's cleanup task log for the cause."
         )
     return {"destinations": list(destinations), **totals}
+
+
+def finish_cleanup(dag_id: str, run_id: str, destinations: Sequence[str], summaries: Any) -> dict[str, Any]:
+    """``report_cleanup`` plus the run's one notification (failed destinations with their causes)."""
+    from backup_ops.notify import failure_lines, notify_run, read_failures
+
+    config = load_config()
+    try:
+        totals = report_cleanup(destinations, summaries)
+    except BackupError as exc:
+        causes = failure_lines(read_failures(config, dag_id, run_id))
+        notify_run(config, dag_id=dag_id, run_id=run_id, what="cleanup", succeeded=False,
+                   details=[*causes, str(exc)])
+        raise
+    read_failures(config, dag_id, run_id)  # failures of earlier attempts that a retry fixed
+    notify_run(config, dag_id=dag_id, run_id=run_id, what="cleanup", succeeded=True,
+               details=[f"kept {totals['kept']}, deleted {totals['deleted']}, "
+                        f"freed {human_bytes(totals['bytes_freed'])} on {', '.join(destinations)}"])
+    return totals
