@@ -7,13 +7,13 @@ error in the Airflow UI instead of failing at 01:00.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, dag, task
 
 from backup_ops.config import load_config
-from backup_ops.notify import record_task_failure
+from backup_ops.notify import task_defaults
 from backup_ops.operators.cleanup import BackupCleanupOperator, finish_cleanup
 from backup_ops.retention import RetentionPolicy
 
@@ -52,13 +52,7 @@ Retention explained: `docs/retention.md`.
     max_active_runs=1,
     tags=["backup", "backup-ops", "cleanup", CONFIG.backup.name],
     doc_md=DOC,
-    default_args={
-        "owner": "backup-ops",
-        "retries": CONFIG.cleanup.tries - 1,
-        "retry_delay": timedelta(seconds=CONFIG.cleanup.retry_delay),
-        "retry_exponential_backoff": CONFIG.cleanup.retry_delay > 0,
-        "on_failure_callback": record_task_failure,
-    },
+    default_args=task_defaults(CONFIG.cleanup.tries, CONFIG.cleanup.retry_delay),
     params={
         "dry_run": Param(False, type="boolean", description="Log what would be deleted, and why; delete nothing."),
     },

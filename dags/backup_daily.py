@@ -7,13 +7,13 @@ error in the Airflow UI instead of failing at 02:00.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import Asset, CronTriggerTimetable, Param, TriggerRule, dag, task
 
 from backup_ops.config import load_config
-from backup_ops.notify import record_task_failure
+from backup_ops.notify import task_defaults
 from backup_ops.operators import backup as steps
 from backup_ops.operators.publish import PublishBackupOperator
 
@@ -50,13 +50,7 @@ Runbook: `docs/runbook.md`.
     max_active_runs=1,
     tags=["backup", "backup-ops", CONFIG.backup.name],
     doc_md=DOC,
-    default_args={
-        "owner": "backup-ops",
-        "retries": CONFIG.backup.tries - 1,
-        "retry_delay": timedelta(seconds=CONFIG.backup.retry_delay),
-        "retry_exponential_backoff": CONFIG.backup.retry_delay > 0,
-        "on_failure_callback": record_task_failure,
-    },
+    default_args=task_defaults(CONFIG.backup.tries, CONFIG.backup.retry_delay),
     params={
         "only_db": Param(False, type="boolean", description="Back up the databases only (no files)."),
         "only_files": Param(False, type="boolean", description="Back up the files only (no databases)."),

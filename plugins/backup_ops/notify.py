@@ -29,6 +29,19 @@ def notes_file(config: BackupConfig, dag_id: str, run_id: str) -> Path:
     return config.backup.staging_directory / NOTES_DIR / f"{safe}.jsonl"
 
 
+def task_defaults(tries: int, retry_delay: int) -> dict[str, Any]:
+    """``default_args`` shared by the backup-ops DAGs: owner, retries with backoff, failure recording."""
+    from datetime import timedelta
+
+    return {
+        "owner": "backup-ops",
+        "retries": tries - 1,
+        "retry_delay": timedelta(seconds=retry_delay),
+        "retry_exponential_backoff": retry_delay > 0,
+        "on_failure_callback": record_task_failure,
+    }
+
+
 def record_task_failure(context: Mapping[str, Any]) -> None:
     """``on_failure_callback``: remember which task failed and why, for the run's single notification."""
     ti = context["ti"]
