@@ -15,6 +15,11 @@ ARCHIVE_TIMESTAMP_FORMAT = "%Y-%m-%d-%H-%M-%S"
 _TIMESTAMP_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})\.zip$")
 
 
+def run_folder_name(dag_id: str, run_id: str) -> str:
+    """A file-system-safe name for one DAG run (its staging folder, its notes file)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{dag_id}__{run_id}")[:200]
+
+
 def archive_file_name(prefix: str, created_at: datetime) -> str:
     """``<prefix><YYYY-MM-DD-HH-MM-SS>.zip`` in UTC, laravel-backup's naming."""
     return f"{prefix}{created_at.astimezone(UTC).strftime(ARCHIVE_TIMESTAMP_FORMAT)}.zip"

@@ -11,12 +11,12 @@ from __future__ import annotations
 import html
 import json
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from backup_ops.config import BackupConfig, load_config
+from backup_ops.models import run_folder_name
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,7 @@ NOTES_DIR = ".run-notes"
 
 def notes_file(config: BackupConfig, dag_id: str, run_id: str) -> Path:
     """Where a run's failure notes live (below the staging directory, outside any run's staging folder)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{dag_id}__{run_id}")[:200]
-    return config.backup.staging_directory / NOTES_DIR / f"{safe}.jsonl"
+    return config.backup.staging_directory / NOTES_DIR / f"{run_folder_name(dag_id, run_id)}.jsonl"
 
 
 def task_defaults(tries: int, retry_delay: int) -> dict[str, Any]:

@@ -41,6 +41,7 @@ def backup_env(tmp_path_factory: Any, pg_server: Any, airflow_db: None) -> Any:
         load_sample_data(conn, scale=0.05)
         conn.commit()
     app = build_sample_app(base / "app", uploads=6)
+    (app / "config").chmod(0o750)  # a distinctive directory mode the archive must keep
     config = {
         "backup": {
             "name": "invoicing-app",

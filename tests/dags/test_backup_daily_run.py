@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,16 @@ def test_backup_daily_produces_a_verified_archive(backup_env, first_backup, pg_s
     assert ".env" in names and "config/app.php" in names
     assert not any(n.startswith("storage/framework") for n in names), "excluded paths must not be archived"
     assert PASSWORD not in archive.parent.joinpath(archive.name + ".json").read_text()
+
+    # File metadata survives the trip through the staging listing into the archive.
+    import pyzipper
+
+    app = backup_env["base"] / "app"
+    with pyzipper.AESZipFile(archive) as zf:
+        env_info, dir_info = zf.getinfo(".env"), zf.getinfo("config/")
+    assert (env_info.external_attr >> 16) & 0o7777 == stat.S_IMODE((app / ".env").stat().st_mode)
+    assert (dir_info.external_attr >> 16) & 0o7777 == 0o750
+    assert dir_info.date_time[:5] == time.localtime((app / "config").stat().st_mtime)[:5]
 
 
 def test_asset_event_carries_size_sha256_and_location(first_backup):

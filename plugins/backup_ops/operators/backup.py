@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import time
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from backup_ops import __version__
 from backup_ops.config import BackupConfig, LocalDestinationConfig, load_config
 from backup_ops.destinations.base import BackupDestination
 from backup_ops.errors import BackupError, ConfigError, DestinationError
-from backup_ops.models import DumpResult, Receipt, archive_file_name
+from backup_ops.models import DumpResult, Receipt, archive_file_name, run_folder_name
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ def asset_name(backup_name: str) -> str:
 def prepare_staging(dag_id: str, run_id: str) -> str:
     """Create this run's private staging directory (0700) below backup.staging_directory."""
     root = load_config().backup.staging_directory
-    staging = root / _safe_dir_name(f"{dag_id}__{run_id}")
+    staging = root / run_folder_name(dag_id, run_id)
     try:
         root.mkdir(parents=True, exist_ok=True)
         staging.mkdir(mode=0o700, exist_ok=True)
@@ -82,7 +81,6 @@ def plan(params: dict[str, Any], staging_dir: str) -> dict[str, Any]:
         "databases": databases,
         "include_files": include_files,
         "destinations": destinations,
-        "disable_notifications": bool(params.get("disable_notifications")),
     }
     log.info(
         "Backup %s: %d database(s) %s, files %s, destinations %s, archive %s, staging %s",
@@ -105,10 +103,6 @@ def _selected_databases(config: BackupConfig, wanted: list[str]) -> list[str]:
     return [name for name in configured if name in wanted]
 
 
-def _safe_dir_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:200]
-
-
 # ---------------------------------------------------------------------------- preflight
 
 
@@ -117,8 +111,18 @@ def check_databases(conn_ids: list[str]) -> list[str]:
     from backup_ops.dump import check_target
 
     config = load_config()
+    seen: dict[str, str] = {}
     for conn_id in conn_ids:
-        summary = check_target(pg_target(conn_id), config.database(conn_id), pg_bin_dir=config.backup.pg_bin_dir)
+        target = pg_target(conn_id)
+        if target.dbname in seen:
+            # Both dumps would be db-dumps/postgresql-<db>.sql.gz (laravel-backup's member name).
+            raise ConfigError(
+                f"Connections {seen[target.dbname]!r} and {conn_id!r} both dump a database named "
+                f"{target.dbname!r}; their dumps would collide in the archive, so back them up in separate runs "
+                "(db_names Param) or separate configs."
+            )
+        seen[target.dbname] = conn_id
+        summary = check_target(target, config.database(conn_id), pg_bin_dir=config.backup.pg_bin_dir)
         log.info("Database %s: %s", conn_id, summary)
     return list(conn_ids)
 
@@ -152,7 +156,8 @@ def dump_database(conn_id: str, staging_dir: str) -> dict[str, Any]:
     config = load_config()
     source = config.database(conn_id)
     result = run_dump(pg_target(conn_id), source, Path(staging_dir), pg_bin_dir=config.backup.pg_bin_dir, log=log)
-    result_file = Path(staging_dir) / "db-dumps" / f"{conn_id}.result.json"
+    # Beside db-dumps/, which holds only what goes into the archive.
+    result_file = Path(staging_dir) / f"dump-{conn_id}.json"
     result_file.write_text(json.dumps(result.to_dict()), encoding="utf-8")
     return {
         "conn_id": conn_id,
@@ -214,8 +219,8 @@ def collect_files(staging_dir: str, include_files: bool) -> dict[str, Any]:
         if include_files:
             config = load_config()
             for entry in select_files(config.backup.files, always_excluded(config), log=log):
-                out.write(json.dumps({"path": str(entry.path), "arcname": entry.arcname,
-                                      "is_dir": entry.is_dir, "size": entry.size}) + "\n")
+                out.write(json.dumps({"path": str(entry.path), "arcname": entry.arcname, "is_dir": entry.is_dir,
+                                      "size": entry.size, "mtime": entry.mtime, "mode": entry.mode}) + "\n")
                 if entry.is_dir:
                     dirs += 1
                 else:
@@ -230,7 +235,8 @@ def _read_listing(path: Path) -> Any:
     with open(path, encoding="utf-8") as lines:
         for line in lines:
             item = json.loads(line)
-            yield SelectedEntry(Path(item["path"]), item["arcname"], item["is_dir"], item["size"])
+            yield SelectedEntry(Path(item["path"]), item["arcname"], item["is_dir"], item["size"],
+                                item["mtime"], item["mode"])
 
 
 # ---------------------------------------------------------------------------- archive
