@@ -365,7 +365,8 @@ def print_report(results: list[SizeResult], pg_dump_version: str) -> None:
               f"{b.output_bytes / MB:>10.1f} {k.child['dump_bytes'] / MB:>10.1f} {k.child['archive_bytes'] / MB:>7.1f} "
               f"{min(r.load_averages):>4.1f}–{max(r.load_averages):<4.1f}  {ratios}")
     print()
-    print("Backup time split (s) of that repeat. 'dump' includes 'dump_readback' (gunzip to the end);")
+    print("Backup time split (s) of that repeat. 'dump' includes 'dump_readback' (custom/zstd/lz4 read-back;")
+    print("plain gzip dumps are checked while they stream, so it is 0 for them);")
     print("'startup' is the process's wall time minus the steps: interpreter start and imports, which a")
     print("worker pays once per task process. 'steps ratio' leaves it out: the library's cost alone.")
     steps = ["dump", "dump_readback", "archive", "verify", "publish", "publish_verify"]
