@@ -131,7 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="environment variable holding the archive password (default: %(default)s); "
                         "asked for interactively when unset")
     args = parser.parse_args(argv)
-    # Provider hooks log routine INFO lines (credentials source, …) that would clutter the table.
+    # Provider hooks log routine INFO lines (credentials source, …) that would clutter the table;
+    # Airflow configures its loggers from this variable when it is first imported (S3 listing).
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
     logging.getLogger("airflow").setLevel(logging.WARNING)
     try:
         if args.command == "list":
