@@ -8,6 +8,7 @@ the Airflow SMTP connection named in ``notifications.mail.conn_id``.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -63,6 +64,8 @@ def read_failures(config: BackupConfig, dag_id: str, run_id: str) -> list[dict[s
         return []
     notes = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
     file.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # other runs' notes may still be there
+        file.parent.rmdir()
     return notes
 
 
