@@ -19,8 +19,7 @@ from pathlib import Path
 
 from backup_ops.config import BackupConfig, load_config
 from backup_ops.errors import BackupError
-from backup_ops.models import BackupFile
-from backup_ops.operators.backup import human_bytes
+from backup_ops.models import BackupFile, human_bytes
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,16 @@ ARCHIVE_TIMESTAMP_FORMAT = "%Y-%m-%d-%H-%M-%S"
 _TIMESTAMP_IN_NAME = re.compile(r"(\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})\.zip$")
 
 
+def human_bytes(count: float) -> str:
+    """1536 → '1.50 KB' (binary units, like laravel-backup's Format::humanReadableSize)."""
+    size = float(count)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    return f"{size:.2f} TB"
+
+
 def run_folder_name(dag_id: str, run_id: str) -> str:
     """A file-system-safe name for one DAG run (its staging folder, its notes file)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{dag_id}__{run_id}")[:200]

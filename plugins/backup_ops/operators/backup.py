@@ -22,7 +22,7 @@ from backup_ops import __version__
 from backup_ops.config import BackupConfig, LocalDestinationConfig, load_config
 from backup_ops.destinations.base import BackupDestination
 from backup_ops.errors import BackupError, ConfigError, DestinationError
-from backup_ops.models import DumpResult, Receipt, archive_file_name, run_folder_name
+from backup_ops.models import DumpResult, Receipt, archive_file_name, human_bytes, run_folder_name
 
 log = logging.getLogger(__name__)
 
@@ -402,13 +402,3 @@ def remove_staging(staging_dir: str | None) -> None:
     if path.exists():
         shutil.rmtree(path)
         log.info("Removed staging directory %s", path)
-
-
-def human_bytes(count: float) -> str:
-    """1536 → '1.50 KB' (binary units, like laravel-backup's Format::humanReadableSize)."""
-    size = float(count)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
-        size /= 1024
-    return f"{size:.2f} TB"

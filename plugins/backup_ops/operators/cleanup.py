@@ -19,8 +19,7 @@ from backup_ops.config import load_config
 from backup_ops.destinations.base import is_backup_key
 from backup_ops.destinations.factory import make_destination
 from backup_ops.errors import BackupError, ConfigError, DestinationError
-from backup_ops.models import BackupFile
-from backup_ops.operators.backup import human_bytes
+from backup_ops.models import BackupFile, human_bytes
 from backup_ops.retention import REASON_NEWEST, CleanupPlan, RetentionPolicy, plan_cleanup
 
 if TYPE_CHECKING:
