@@ -12,7 +12,7 @@ import pytest
 
 from backup_ops.errors import ConfigError
 from tests.dags.conftest import run_backup, update_config
-from tests.fixtures_s3 import S3_CONN_ID, TEST_BUCKET, new_s3_client
+from tests.fixtures_s3 import S3_CONN_ID, TEST_BUCKET, Fault, new_s3_client
 
 
 def local_dest(env: dict) -> dict:
@@ -98,3 +98,26 @@ def test_continue_on_failure_succeeds_with_one_verified_copy(backup_env, s3_endp
     assert len(set(backup_env["backups"].glob("*.zip")) - before) == 1
     finalize = next(ti for ti in run.get_task_instances() if ti.task_id == "finalize")
     assert finalize.state == "success"
+
+
+def test_endpoint_dying_mid_upload_fails_the_run_and_leaves_no_object(backup_env, s3_endpoint, faulty_endpoint,
+                                                                      monkeypatch):
+    # The endpoint accepts the receipt, then dies when the archive itself is sent.
+    proxy = faulty_endpoint(lambda r: Fault(die=True) if r.method == "PUT" and r.path.endswith(".zip") else None)
+    monkeypatch.setenv("AIRFLOW_CONN_BACKUP_S3_FLAKY", json.dumps({
+        "conn_type": "aws", "login": "testing", "password": "testing",
+        "extra": {"endpoint_url": proxy.url, "region_name": "us-east-1"}}))
+    flaky = {**s3_dest(), "conn_id": "backup_s3_flaky"}
+    original = update_config(backup_env["config"], destinations=[local_dest(backup_env), flaky],
+                             continue_on_failure=False)
+    try:
+        run, states = run_backup()
+    finally:
+        backup_env["config"].write_text(original)
+    assert run.state == "failed"
+    assert states[("publish", 1)] == "failed"
+    assert not [k for k in s3_archives(s3_endpoint) if k.endswith(".zip")], "no partial or complete object"
+    client = new_s3_client(s3_endpoint)
+    assert client.list_multipart_uploads(Bucket=TEST_BUCKET).get("Uploads", []) == []
+    client.close()
+    assert not any(backup_env["staging"].iterdir())
