@@ -19,20 +19,13 @@ import yaml
 from backup_ops.destinations.local import LocalDestination
 from backup_ops.errors import BackupError, ConfigError, DestinationError
 from backup_ops.operators.cleanup import BackupCleanupOperator, cleanup_moment, report_cleanup
-from tests.dags.conftest import set_notifications
+from tests.dags.conftest import LARAVEL_RETENTION, set_notifications
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2016, 1, 1, 22, tzinfo=UTC)
 MIB = 1024 * 1024
 BACKUP_NAME = "mysite"
-LARAVEL_DEFAULTS = {
-    "keep_all_backups_for_days": 7,
-    "keep_daily_backups_for_days": 16,
-    "keep_weekly_backups_for_weeks": 8,
-    "keep_monthly_backups_for_months": 4,
-    "keep_yearly_backups_for_years": 2,
-    "delete_oldest_backups_when_using_more_megabytes_than": 5000,
-}
+LARAVEL_DEFAULTS = LARAVEL_RETENTION
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -21,20 +21,14 @@ import yaml
 
 from backup_ops.destinations.local import LocalDestination
 from backup_ops.retention import RetentionPolicy, plan_cleanup
+from tests.dags.conftest import LARAVEL_RETENTION
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 NOW = datetime(2016, 1, 1, 22, tzinfo=UTC)
 LOGICAL_DATE = "2016-01-01T22:00:00+00:00"
 BACKUP_NAME = "mysite"
-POLICY = {  # laravel-backup's defaults, which its own cleanup test uses
-    "keep_all_backups_for_days": 7,
-    "keep_daily_backups_for_days": 16,
-    "keep_weekly_backups_for_weeks": 8,
-    "keep_monthly_backups_for_months": 4,
-    "keep_yearly_backups_for_years": 2,
-    "delete_oldest_backups_when_using_more_megabytes_than": 5000,
-}
+POLICY = LARAVEL_RETENTION
 # The survivors laravel-backup's test "it can remove old backups from the backup directory" names,
 # written out by hand rather than computed, so this check does not trust the function it checks.
 EXPECTED_SURVIVORS = {
