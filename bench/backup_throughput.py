@@ -9,7 +9,7 @@ the same run and against the same database, it times
   connection in ``PG*`` environment variables;
 * a backup: what ``backup_daily`` does for one database with default settings (plain format,
   gzip:6, AES-256 archive with a password, verify, publish to a local destination, verify the
-  published copy), through the same library calls as ``backup_ops.operators.backup``, in a child
+  published copy), through the same library calls as ``backup_ops.airflow.backup_steps``, in a child
   process of its own so its peak RSS can be read from ``wait4``.
 
 Targets (issue 2, item 8): the backup within 1.2× the baseline's wall time, and peak RSS under
@@ -157,12 +157,12 @@ def backup_in_child(spec: dict[str, Any]) -> dict[str, Any]:
     import pyzipper
 
     from backup_ops import __version__
-    from backup_ops.archive import build_archive, verify_archive
-    from backup_ops.config import DatabaseSource
-    from backup_ops.destinations.local import LocalDestination
-    from backup_ops.dump import PgTarget, dump_database
-    from backup_ops.manifest import MemberInfo, build_manifest
-    from backup_ops.models import Receipt, archive_file_name
+    from backup_ops.adapters.destinations.local import LocalDestination
+    from backup_ops.adapters.postgres.dump import PgTarget, dump_database
+    from backup_ops.core.archive import build_archive, verify_archive
+    from backup_ops.core.config import DatabaseSource
+    from backup_ops.core.manifest import MemberInfo, build_manifest
+    from backup_ops.core.models import Receipt, archive_file_name
 
     run_dir = Path(spec["run_dir"])
     staging, dest_root = run_dir / "staging", run_dir / "destination"

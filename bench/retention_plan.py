@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from backup_ops.models import BackupFile
-from backup_ops.retention import RetentionPolicy, plan_cleanup
+from backup_ops.core.models import BackupFile
+from backup_ops.core.retention import RetentionPolicy, plan_cleanup
 
 NOW = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)
 # The shipped config's values (include/backup_config.yaml), not laravel-backup's defaults.

@@ -1,6 +1,6 @@
 """backup_cleanup: apply the retention policy on every destination, one mapped task per destination.
 
-Wiring only; the work is ``backup_ops.operators.cleanup.BackupCleanupOperator``. The config is read
+Wiring only; the work is ``backup_ops.airflow.cleanup_steps.BackupCleanupOperator``. The config is read
 at parse time (a local YAML file, no Variables or Connections) so a bad policy shows as an import
 error in the Airflow UI instead of failing at 01:00.
 """
@@ -12,10 +12,10 @@ from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, dag, task
 
-from backup_ops.config import load_config
-from backup_ops.notify import task_defaults
-from backup_ops.operators.cleanup import BackupCleanupOperator, finish_cleanup
-from backup_ops.retention import RetentionPolicy
+from backup_ops.airflow.cleanup_steps import BackupCleanupOperator, finish_cleanup
+from backup_ops.airflow.notify import task_defaults
+from backup_ops.core.config import load_config
+from backup_ops.core.retention import RetentionPolicy
 
 CONFIG = load_config()
 DESTINATIONS = CONFIG.backup.destination.names()
@@ -28,7 +28,7 @@ DOC = f"""
 **Policy:** {POLICY.describe()}
 
 1. **cleanup** (one task per destination: {", ".join(DESTINATIONS)}): list the `.zip` backups, plan
-   with `backup_ops.retention.plan_cleanup` measured from the run's logical date, log every decision
+   with `backup_ops.core.retention.plan_cleanup` measured from the run's logical date, log every decision
    with its rule, delete each planned archive together with its receipt, log the used storage after
    cleanup. Non-zip files are never touched. Trigger with `dry_run` to log the plan and delete nothing.
 2. **report**: one line per destination; fails the run naming every destination whose cleanup failed

@@ -1,6 +1,6 @@
 """backup_daily: dump every database, collect files, build one verified archive, publish everywhere.
 
-Wiring only; every step lives in ``backup_ops.operators.backup``. The config is read at parse
+Wiring only; every step lives in ``backup_ops.airflow.backup_steps``. The config is read at parse
 time (a local YAML file, no Variables or Connections) so a bad config shows as an import
 error in the Airflow UI instead of failing at 02:00.
 """
@@ -12,10 +12,10 @@ from typing import Any
 
 from airflow.sdk import Asset, CronTriggerTimetable, Param, TriggerRule, dag, task
 
-from backup_ops.config import load_config
-from backup_ops.notify import task_defaults
-from backup_ops.operators import backup as steps
-from backup_ops.operators.publish import PublishBackupOperator
+from backup_ops.airflow import backup_steps as steps
+from backup_ops.airflow.notify import task_defaults
+from backup_ops.airflow.operators import PublishBackupOperator
+from backup_ops.core.config import load_config
 
 CONFIG = load_config()
 # Name-only: a URI with a custom scheme makes Airflow load every provider's URI handlers at parse time (~0.6 s).

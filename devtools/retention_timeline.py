@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from xml.sax.saxutils import escape
 
-from backup_ops.models import BackupFile
-from backup_ops.retention import CleanupPlan, RetentionPeriod, RetentionPolicy, plan_cleanup
+from backup_ops.core.models import BackupFile
+from backup_ops.core.retention import CleanupPlan, RetentionPeriod, RetentionPolicy, plan_cleanup
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import requests
 
-from backup_ops.models import Receipt
+from backup_ops.core.models import Receipt
 
 S3_CONN_ID = "backup_s3"
 TEST_BUCKET = "backup-ops-test"

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from backup_ops.config import BackupConfig, load_config
-from backup_ops.errors import BackupError
-from backup_ops.models import BackupFile, human_bytes
+from backup_ops.core.config import BackupConfig, load_config
+from backup_ops.core.errors import BackupError
+from backup_ops.core.models import BackupFile, human_bytes
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class DestinationStatus:
 
 def destination_statuses(config: BackupConfig) -> list[DestinationStatus]:
     """List every configured destination; an unreachable one is reported, not raised."""
-    from backup_ops.destinations.factory import make_destination
+    from backup_ops.adapters.destinations.factory import make_destination
 
     statuses = []
     for dest_config in config.backup.destination.destinations:
@@ -95,7 +95,7 @@ def render_table(statuses: Sequence[DestinationStatus], now: datetime) -> str:
 
 def verify_command(archive: Path, password_env: str) -> str:
     """Verify one archive file; returns the report text, raises BackupError when it is not sound."""
-    from backup_ops.archive import verify_archive
+    from backup_ops.core.archive import verify_archive
 
     password = os.environ.get(password_env)
     if password is None and sys.stdin.isatty():

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from backup_ops.destinations.local import LocalDestination
-from backup_ops.errors import BackupError, ConfigError, DestinationError
-from backup_ops.operators.cleanup import BackupCleanupOperator, cleanup_moment, report_cleanup
+from backup_ops.adapters.destinations.local import LocalDestination
+from backup_ops.airflow.cleanup_steps import BackupCleanupOperator, cleanup_moment, report_cleanup
+from backup_ops.core.errors import BackupError, ConfigError, DestinationError
 from tests.dags.conftest import LARAVEL_RETENTION, set_notifications
 
 ROOT = Path(__file__).resolve().parents[2]

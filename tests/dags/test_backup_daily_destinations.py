@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from backup_ops.errors import ConfigError
+from backup_ops.core.errors import ConfigError
 from tests.dags.conftest import run_backup, update_config
 from tests.fixtures_s3 import S3_CONN_ID, TEST_BUCKET, Fault, new_s3_client
 
@@ -65,7 +65,7 @@ def test_only_to_destination_publishes_to_that_one(two_destinations, s3_endpoint
 
 
 def test_unknown_destination_names_the_valid_ones(two_destinations, tmp_path):
-    from backup_ops.operators.backup import plan
+    from backup_ops.airflow.backup_steps import plan
 
     with pytest.raises(ConfigError, match="no backup destination named 'nas'; configured destinations are: "
                                           "local, offsite"):

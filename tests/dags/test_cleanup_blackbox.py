@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from backup_ops.destinations.local import LocalDestination
-from backup_ops.retention import RetentionPolicy, plan_cleanup
+from backup_ops.adapters.destinations.local import LocalDestination
+from backup_ops.core.retention import RetentionPolicy, plan_cleanup
 from tests.dags.conftest import LARAVEL_RETENTION
 
 ROOT = Path(__file__).resolve().parents[2]

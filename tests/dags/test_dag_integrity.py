@@ -10,8 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted(p for p in (ROOT / "dags").glob("*.py") if not p.name.startswith("_"))
-CORE_MODULES = ["config", "models", "errors", "retention", "archive", "manifest", "files", "dump",
-                "destinations.base", "destinations.local"]
+CORE_MODULES = ["core.config", "core.models", "core.errors", "core.retention", "core.archive", "core.manifest",
+                "core.files", "adapters.postgres.dump", "adapters.destinations.base", "adapters.destinations.local"]
 
 
 WARMUP_DAG = """

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from backup_ops.destinations.local import LocalDestination
-from backup_ops.operators.publish import PublishBackupOperator
+from backup_ops.adapters.destinations.local import LocalDestination
+from backup_ops.airflow.operators import PublishBackupOperator
 
 
 class RecordingDestination(LocalDestination):

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from backup_ops.archive import build_archive
-from backup_ops.config import FileSource
-from backup_ops.files import select_files
-from backup_ops.manifest import MANIFEST_NAME, build_manifest
-from backup_ops.models import DumpResult
+from backup_ops.core.archive import build_archive
+from backup_ops.core.config import FileSource
+from backup_ops.core.files import select_files
+from backup_ops.core.manifest import MANIFEST_NAME, build_manifest
+from backup_ops.core.models import DumpResult
 
 PASSWORD = "s3cr3t-Zm9vYmFyYmF6cXV4IGhpZ2gtZW50cm9weQ"
 

@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from backup_ops.config import Compression, DatabaseSource
-from backup_ops.dump import PgTarget, dump_database, pg_tool
-from backup_ops.errors import DumpError
-from backup_ops.models import DumpResult
+from backup_ops.adapters.postgres.dump import PgTarget, dump_database, pg_tool
+from backup_ops.core.config import Compression, DatabaseSource
+from backup_ops.core.errors import DumpError
+from backup_ops.core.models import DumpResult
 from devtools.pgserver import EmbeddedPostgres
 
 CONN_ID = "app_db"

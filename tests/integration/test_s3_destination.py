@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import requests
 
-from backup_ops.config import S3DestinationConfig
-from backup_ops.destinations.s3 import MIB, PART_BUDGET, S3Destination, iam_policy_json, part_size_for
-from backup_ops.errors import ConfigError, DestinationError, VerificationError
-from backup_ops.models import Receipt
+from backup_ops.adapters.destinations.s3 import MIB, PART_BUDGET, S3Destination, iam_policy_json, part_size_for
+from backup_ops.core.config import S3DestinationConfig
+from backup_ops.core.errors import ConfigError, DestinationError, VerificationError
+from backup_ops.core.models import Receipt
 from tests.fixtures_s3 import TEST_BUCKET, Fault, ProxiedRequest
 
 PREFIX = "backups/prod"
@@ -122,7 +122,7 @@ class TestConfiguration:
         assert json.loads(iam_policy_json("b1b"))["Statement"][1]["Resource"] == "arn:aws:s3:::b1b/*"
 
     def test_module_imports_without_airflow_or_boto3(self) -> None:
-        code = ("import sys; import backup_ops.destinations.s3; "
+        code = ("import sys; import backup_ops.adapters.destinations.s3; "
                 "print(sorted(m for m in ('airflow', 'boto3', 'botocore') if m in sys.modules))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={"PYTHONPATH": "plugins"}, cwd=str(_repo_root()))
@@ -236,7 +236,7 @@ class TestPublish:
         proxy = faulty_endpoint(no_if_none_match)
         staged = make_staged_archive(11 * MIB)
         dest = make_destination(make_s3_client(proxy.url))
-        with caplog.at_level(logging.WARNING, logger="backup_ops.destinations.s3"):
+        with caplog.at_level(logging.WARNING, logger="backup_ops.adapters.destinations.s3"):
             published = dest.publish(staged.path, staged.file_name, staged.receipt)
         dest.verify_published(published)
         assert "rejects If-None-Match" in caplog.text
@@ -300,7 +300,7 @@ class TestVerify:
                                                                     caplog) -> None:
         staged = make_staged_archive(11 * MIB)
         published = make_destination(s3_client).publish(staged.path, staged.file_name, staged.receipt)
-        with caplog.at_level(logging.INFO, logger="backup_ops.destinations.s3"):
+        with caplog.at_level(logging.INFO, logger="backup_ops.adapters.destinations.s3"):
             make_destination(s3_client).verify_published(published)
         assert "downloading" in caplog.text
 

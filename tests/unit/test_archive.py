@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import pyzipper
 
-from backup_ops import archive as archive_module
-from backup_ops.archive import (
+from backup_ops.core import archive as archive_module
+from backup_ops.core.archive import (
     ArchiveResult,
     build_archive,
     is_precompressed,
@@ -31,11 +31,11 @@ from backup_ops.archive import (
     safe_extract,
     verify_archive,
 )
-from backup_ops.config import FileSource
-from backup_ops.errors import ArchiveError, FileSelectionError, UnsafeArchiveError, VerificationError
-from backup_ops.files import SelectedEntry, select_files
-from backup_ops.manifest import MANIFEST_NAME, MemberInfo, build_manifest, manifest_bytes
-from backup_ops.models import DumpResult, TableStat
+from backup_ops.core.config import FileSource
+from backup_ops.core.errors import ArchiveError, FileSelectionError, UnsafeArchiveError, VerificationError
+from backup_ops.core.files import SelectedEntry, select_files
+from backup_ops.core.manifest import MANIFEST_NAME, MemberInfo, build_manifest, manifest_bytes
+from backup_ops.core.models import DumpResult, TableStat
 
 PASSWORD = b"Zm9vYmFyYmF6cXV4IGEgaGlnaC1lbnRyb3B5IHBhc3N3b3Jk"
 STRENGTH = {"aes128": 1, "aes192": 2, "aes256": 3, "none": None}
@@ -616,7 +616,7 @@ def test_file_growing_while_read_holds_the_size_seen_at_open(
 
     _while_reading(monkeypatch, log_file, append)
     target = staging / "grow.zip"
-    with caplog.at_level(logging.WARNING, logger="backup_ops.archive"):
+    with caplog.at_level(logging.WARNING, logger="backup_ops.core.archive"):
         result = build(target, dumps=[], files=entries)
     member = next(m for m in result.members if m.name == "app/storage/logs/laravel.log")
     assert (member.size, member.sha256) == (len(original), hashlib.sha256(original).hexdigest())
@@ -633,7 +633,7 @@ def test_file_shrinking_while_read_records_the_bytes_written(
     entries = entries_of(source)
     _while_reading(monkeypatch, log_file, lambda: os.truncate(log_file, archive_module.CHUNK_SIZE))
     target = staging / "shrink.zip"
-    with caplog.at_level(logging.WARNING, logger="backup_ops.archive"):
+    with caplog.at_level(logging.WARNING, logger="backup_ops.core.archive"):
         result = build(target, dumps=[], files=entries)
     member = next(m for m in result.members if m.name == "app/storage/logs/laravel.log")
     expected = original[: archive_module.CHUNK_SIZE]

@@ -57,10 +57,10 @@ def test_bad_config_is_one_line_error(tmp_path, capsys):
 
 
 def test_verify_command_ok_and_wrong_password(tmp_path):
-    from backup_ops.archive import build_archive
-    from backup_ops.config import FileSource
-    from backup_ops.files import select_files
-    from backup_ops.manifest import build_manifest
+    from backup_ops.core.archive import build_archive
+    from backup_ops.core.config import FileSource
+    from backup_ops.core.files import select_files
+    from backup_ops.core.manifest import build_manifest
 
     src = tmp_path / "src"
     src.mkdir()

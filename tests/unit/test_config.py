@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backup_ops.config import Compression, SecretRef, load_config, parse_config
-from backup_ops.errors import ConfigError
+from backup_ops.core.config import Compression, SecretRef, load_config, parse_config
+from backup_ops.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "include" / "backup_config.yaml"

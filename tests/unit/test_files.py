@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from backup_ops import files as files_module
-from backup_ops.config import FileSource
-from backup_ops.errors import FileSelectionError
-from backup_ops.files import SelectedEntry, select_files
+from backup_ops.core import files as files_module
+from backup_ops.core.config import FileSource
+from backup_ops.core.errors import FileSelectionError
+from backup_ops.core.files import SelectedEntry, select_files
 
 NOBODY = 65534
 
@@ -133,7 +133,7 @@ class TestWalk:
 
     def test_missing_include_logs_a_warning_and_continues(self, app: Path, caplog: pytest.LogCaptureFixture) -> None:
         missing = app / "nope"
-        with caplog.at_level(logging.WARNING, logger="backup_ops.files"):
+        with caplog.at_level(logging.WARNING, logger="backup_ops.core.files"):
             entries = select(FileSource(include=(missing, app / "artisan"), relative_path=app))
         assert names(entries) == ["artisan"]
         assert f"Include path {missing} does not exist, skipping." in caplog.messages
@@ -143,7 +143,7 @@ class TestWalk:
     ) -> None:
         (app / "app" / "..\\..\\evil").write_text("x")
         (app / "app" / "back\\slash").write_text("fine on POSIX")
-        with caplog.at_level(logging.WARNING, logger="backup_ops.files"):
+        with caplog.at_level(logging.WARNING, logger="backup_ops.core.files"):
             result = names(select(FileSource(include=(app / "app",), relative_path=app)))
         assert "app/back\\slash" in result
         assert not any("evil" in n for n in result)
@@ -152,7 +152,7 @@ class TestWalk:
     def test_non_utf8_name_is_skipped_with_warning(self, app: Path, caplog: pytest.LogCaptureFixture) -> None:
         with open(os.path.join(os.fsencode(app / "app"), b"bad\xff"), "w") as f:
             f.write("x")
-        with caplog.at_level(logging.WARNING, logger="backup_ops.files"):
+        with caplog.at_level(logging.WARNING, logger="backup_ops.core.files"):
             result = names(select(FileSource(include=(app / "app",), relative_path=app)))
         assert result == ["app/", "app/Http/", "app/Models/", "app/Models/User.php"]
         assert any("not valid UTF-8" in m for m in caplog.messages)
@@ -213,7 +213,7 @@ class TestLinks:
         return app
 
     def test_links_are_skipped_and_logged_once_each(self, linked: Path, caplog: pytest.LogCaptureFixture) -> None:
-        with caplog.at_level(logging.INFO, logger="backup_ops.files"):
+        with caplog.at_level(logging.INFO, logger="backup_ops.core.files"):
             result = names(select(FileSource(include=(linked,), relative_path=linked)))
         assert not any(n.startswith(("public/storage", "config-link", "broken", "app/Models/loop")) for n in result)
         link_messages = [m for m in caplog.messages if m.startswith("Skipping symbolic link")]
@@ -223,7 +223,7 @@ class TestLinks:
     def test_follow_links_stores_targets_under_link_names_and_stops_loops(
         self, linked: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
-        with caplog.at_level(logging.INFO, logger="backup_ops.files"):
+        with caplog.at_level(logging.INFO, logger="backup_ops.core.files"):
             entries = select(FileSource(include=(linked,), follow_links=True, relative_path=linked))
         result = names(entries)
         assert "public/storage/" in result and "public/storage/u1.jpg" in result
@@ -265,7 +265,7 @@ class TestSpecialFiles:
         except PermissionError:
             pass  # not root or no CAP_MKNOD: FIFO and socket still cover the code path
         try:
-            with caplog.at_level(logging.WARNING, logger="backup_ops.files"):
+            with caplog.at_level(logging.WARNING, logger="backup_ops.core.files"):
                 result = names(select(FileSource(include=(root,), relative_path=root)))
         finally:
             sock.close()

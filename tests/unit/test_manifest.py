@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from backup_ops import manifest as manifest_module
-from backup_ops.errors import ArchiveError
-from backup_ops.manifest import (
+from backup_ops.core import manifest as manifest_module
+from backup_ops.core.errors import ArchiveError
+from backup_ops.core.manifest import (
     EMPTY_SHA256,
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -22,7 +22,7 @@ from backup_ops.manifest import (
     member_name_problem,
     parse_manifest,
 )
-from backup_ops.models import DumpResult, TableStat
+from backup_ops.core.models import DumpResult, TableStat
 
 CREATED = datetime(2026, 3, 1, 2, 0, 5, tzinfo=UTC)
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from backup_ops.config import RetentionSettings
-from backup_ops.errors import ConfigError
-from backup_ops.models import BackupFile
-from backup_ops.retention import (
+from backup_ops.core.config import RetentionSettings
+from backup_ops.core.errors import ConfigError
+from backup_ops.core.models import BackupFile
+from backup_ops.core.retention import (
     CleanupPlan,
     RetentionPeriod,
     RetentionPolicy,

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from backup_ops.config import BackupConfig, load_config
-from backup_ops.models import run_folder_name
+from backup_ops.core.config import BackupConfig, load_config
+from backup_ops.core.models import run_folder_name
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from backup_ops import __version__
-from backup_ops.config import BackupConfig, LocalDestinationConfig, load_config
-from backup_ops.destinations.base import BackupDestination
-from backup_ops.errors import BackupError, ConfigError, DestinationError
-from backup_ops.models import DumpResult, Receipt, archive_file_name, human_bytes, run_folder_name
+from backup_ops.adapters.destinations.base import BackupDestination
+from backup_ops.core.config import BackupConfig, LocalDestinationConfig, load_config
+from backup_ops.core.errors import BackupError, ConfigError, DestinationError
+from backup_ops.core.models import DumpResult, Receipt, archive_file_name, human_bytes, run_folder_name
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def prepare_staging(dag_id: str, run_id: str) -> str:
 
 def plan(params: dict[str, Any], staging_dir: str) -> dict[str, Any]:
     """Validate the run's Params against the config and decide what this run backs up, and where."""
-    from backup_ops.secrets import resolve_secret
+    from backup_ops.adapters.secrets import resolve_secret
 
     config = load_config()
     only_db, only_files = bool(params.get("only_db")), bool(params.get("only_files"))
@@ -108,7 +108,7 @@ def _selected_databases(config: BackupConfig, wanted: list[str]) -> list[str]:
 
 def check_databases(conn_ids: list[str]) -> list[str]:
     """Fail fast on a missing connection, wrong credentials or a pg_dump older than the server."""
-    from backup_ops.dump import check_target
+    from backup_ops.adapters.postgres.dump import check_target
 
     config = load_config()
     seen: dict[str, str] = {}
@@ -129,7 +129,7 @@ def check_databases(conn_ids: list[str]) -> list[str]:
 
 def check_destinations(names: list[str]) -> list[str]:
     """Check every destination is reachable before dumping; all must be, unless continue_on_failure."""
-    from backup_ops.destinations.factory import make_destination
+    from backup_ops.adapters.destinations.factory import make_destination
 
     config = load_config()
     problems = []
@@ -151,7 +151,7 @@ def check_destinations(names: list[str]) -> list[str]:
 
 def dump_database(conn_id: str, staging_dir: str) -> dict[str, Any]:
     """Dump one database into the staging directory; returns a summary (the full result stays on disk)."""
-    from backup_ops.dump import dump_database as run_dump
+    from backup_ops.adapters.postgres.dump import dump_database as run_dump
 
     config = load_config()
     source = config.database(conn_id)
@@ -176,7 +176,7 @@ def pg_target(conn_id: str) -> Any:
     """Connection details for one Airflow postgres connection (password stays in memory only)."""
     from airflow.sdk import Connection
 
-    from backup_ops.dump import PgTarget
+    from backup_ops.adapters.postgres.dump import PgTarget
 
     try:
         conn = Connection.get(conn_id)
@@ -211,7 +211,7 @@ def always_excluded(config: BackupConfig) -> list[Path]:
 
 def collect_files(staging_dir: str, include_files: bool) -> dict[str, Any]:
     """Select the files to back up and write the list to the staging directory (one JSON line each)."""
-    from backup_ops.files import select_files
+    from backup_ops.core.files import select_files
 
     listing = Path(staging_dir) / FILE_LISTING
     count = dirs = total = 0
@@ -230,7 +230,7 @@ def collect_files(staging_dir: str, include_files: bool) -> dict[str, Any]:
 
 
 def _read_listing(path: Path) -> Any:
-    from backup_ops.files import SelectedEntry
+    from backup_ops.core.files import SelectedEntry
 
     with open(path, encoding="utf-8") as lines:
         for line in lines:
@@ -245,10 +245,10 @@ def _read_listing(path: Path) -> Any:
 def build_archive(plan_result: dict[str, Any], dumps: list[dict[str, Any]], files: dict[str, Any],
                   run: dict[str, str]) -> dict[str, Any]:
     """Zip the dumps, files and manifest into one (encrypted) archive, then verify it end to end."""
-    from backup_ops.archive import build_archive as run_build
-    from backup_ops.archive import verify_archive
-    from backup_ops.manifest import build_manifest
-    from backup_ops.secrets import resolve_secret
+    from backup_ops.adapters.secrets import resolve_secret
+    from backup_ops.core.archive import build_archive as run_build
+    from backup_ops.core.archive import verify_archive
+    from backup_ops.core.manifest import build_manifest
 
     config = load_config()
     password = resolve_secret(config.backup.password)
@@ -308,8 +308,8 @@ def tool_versions() -> dict[str, str]:
 
 def publish(dest: BackupDestination, archive: dict[str, Any]) -> dict[str, Any]:
     """Publish the staged archive to one destination atomically and verify the copy there."""
-    from backup_ops.archive import verify_archive
-    from backup_ops.secrets import resolve_secret
+    from backup_ops.adapters.secrets import resolve_secret
+    from backup_ops.core.archive import verify_archive
 
     config = load_config()
     destination = dest.name
@@ -344,7 +344,7 @@ def publish(dest: BackupDestination, archive: dict[str, Any]) -> dict[str, Any]:
 def finish_run(dag_id: str, run_id: str, params: dict[str, Any], plan_result: dict[str, Any] | None,
                archive: dict[str, Any] | None, published_results: Any) -> dict[str, Any]:
     """Decide the run's outcome, send its one notification, and return the Asset event's extra."""
-    from backup_ops.notify import failure_lines, notify_run, read_failures
+    from backup_ops.airflow.notify import failure_lines, notify_run, read_failures
 
     config = load_config()
     disabled = bool(params.get("disable_notifications"))

@@ -32,9 +32,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from backup_ops.config import FileSource
-from backup_ops.errors import FileSelectionError
-from backup_ops.manifest import member_name_problem
+from backup_ops.core.config import FileSource
+from backup_ops.core.errors import FileSelectionError
+from backup_ops.core.manifest import member_name_problem
 
 _LOG = logging.getLogger(__name__)
 

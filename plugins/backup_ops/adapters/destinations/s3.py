@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, NoReturn, cast
 
-from backup_ops.destinations.base import (
+from backup_ops.adapters.destinations.base import (
     BackupDestination,
     PublishedBackup,
     backup_from_listing,
@@ -53,11 +53,11 @@ from backup_ops.destinations.base import (
     sha256_of_stream,
     sorted_newest_first,
 )
-from backup_ops.errors import BackupError, ConfigError, DestinationError, VerificationError
-from backup_ops.models import BackupFile, Receipt
+from backup_ops.core.errors import BackupError, ConfigError, DestinationError, VerificationError
+from backup_ops.core.models import BackupFile, Receipt
 
 if TYPE_CHECKING:
-    from backup_ops.config import S3DestinationConfig
+    from backup_ops.core.config import S3DestinationConfig
 
 log = logging.getLogger(__name__)
 

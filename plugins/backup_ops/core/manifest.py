@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from backup_ops.errors import ArchiveError
-from backup_ops.models import DumpResult, TableStat
+from backup_ops.core.errors import ArchiveError
+from backup_ops.core.models import DumpResult, TableStat
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from backup_ops.models import BackupFile, Receipt, date_from_archive_name
+from backup_ops.core.models import BackupFile, Receipt, date_from_archive_name
 
 RECEIPT_SUFFIX = ".json"
 HASH_CHUNK = 1 << 20

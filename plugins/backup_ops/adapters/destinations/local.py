@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from backup_ops.destinations.base import (
+from backup_ops.adapters.destinations.base import (
     HASH_CHUNK,
     BackupDestination,
     PublishedBackup,
@@ -24,8 +24,8 @@ from backup_ops.destinations.base import (
     sha256_of_stream,
     sorted_newest_first,
 )
-from backup_ops.errors import DestinationError, VerificationError
-from backup_ops.models import BackupFile, Receipt
+from backup_ops.core.errors import DestinationError, VerificationError
+from backup_ops.core.models import BackupFile, Receipt
 
 PARTIAL_SUFFIX = ".partial"
 

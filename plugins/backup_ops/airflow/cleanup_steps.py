@@ -1,6 +1,6 @@
 """``BackupCleanupOperator``: apply the retention policy to one destination (list → plan → delete → report).
 
-The decisions come from the pure ``backup_ops.retention.plan_cleanup``; this module only feeds it
+The decisions come from the pure ``backup_ops.core.retention.plan_cleanup``; this module only feeds it
 the destination's listing and the run's logical date, logs every decision with its rule, carries
 the deletions out and checks the result. It never decides anything the plan did not say, and it
 refuses to delete at all when the plan or the listing look wrong (see ``refusal_reason``).
@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow.sdk import BaseOperator
 
-from backup_ops.config import load_config
-from backup_ops.destinations.base import is_backup_key
-from backup_ops.destinations.factory import make_destination
-from backup_ops.errors import BackupError, ConfigError, DestinationError
-from backup_ops.models import BackupFile, human_bytes
-from backup_ops.retention import REASON_NEWEST, CleanupPlan, RetentionPolicy, plan_cleanup
+from backup_ops.adapters.destinations.base import is_backup_key
+from backup_ops.adapters.destinations.factory import make_destination
+from backup_ops.core.config import load_config
+from backup_ops.core.errors import BackupError, ConfigError, DestinationError
+from backup_ops.core.models import BackupFile, human_bytes
+from backup_ops.core.retention import REASON_NEWEST, CleanupPlan, RetentionPolicy, plan_cleanup
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from backup_ops.destinations.base import BackupDestination
+    from backup_ops.adapters.destinations.base import BackupDestination
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def report_cleanup(destinations: Sequence[str], summaries: Any) -> dict[str, Any
 
 def finish_cleanup(dag_id: str, run_id: str, destinations: Sequence[str], summaries: Any) -> dict[str, Any]:
     """``report_cleanup`` plus the run's one notification (failed destinations with their causes)."""
-    from backup_ops.notify import failure_lines, notify_run, read_failures
+    from backup_ops.airflow.notify import failure_lines, notify_run, read_failures
 
     config = load_config()
     try:

@@ -31,8 +31,8 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from backup_ops.errors import ConfigError
-from backup_ops.models import BackupFile
+from backup_ops.core.errors import ConfigError
+from backup_ops.core.models import BackupFile
 
 __all__ = [
     "CleanupPlan",

@@ -69,9 +69,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from backup_ops.config import DatabaseSource
-from backup_ops.errors import DumpError
-from backup_ops.models import DumpResult, TableStat
+from backup_ops.core.config import DatabaseSource
+from backup_ops.core.errors import DumpError
+from backup_ops.core.models import DumpResult, TableStat
 
 if TYPE_CHECKING:
     import psycopg

@@ -7,9 +7,9 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 
-from backup_ops.config import load_config
-from backup_ops.destinations.base import BackupDestination
-from backup_ops.operators.backup import publish
+from backup_ops.adapters.destinations.base import BackupDestination
+from backup_ops.airflow.backup_steps import publish
+from backup_ops.core.config import load_config
 
 
 class PublishBackupOperator(BaseOperator):
@@ -29,7 +29,7 @@ class PublishBackupOperator(BaseOperator):
         self._dest: BackupDestination | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from backup_ops.destinations.factory import make_destination
+        from backup_ops.adapters.destinations.factory import make_destination
 
         config = load_config()
         self._dest = make_destination(config.destination(self.destination), config.backup.name)

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from backup_ops.errors import ArchiveError, BackupError, FileSelectionError, UnsafeArchiveError, VerificationError
-from backup_ops.files import SelectedEntry
-from backup_ops.manifest import (
+from backup_ops.core.errors import ArchiveError, BackupError, FileSelectionError, UnsafeArchiveError, VerificationError
+from backup_ops.core.files import SelectedEntry
+from backup_ops.core.manifest import (
     EMPTY_SHA256,
     MANIFEST_NAME,
     MAX_MANIFEST_BYTES,
@@ -39,7 +39,7 @@ from backup_ops.manifest import (
     member_name_problem,
     parse_manifest,
 )
-from backup_ops.models import DumpResult
+from backup_ops.core.models import DumpResult
 
 __all__ = [
     "PRECOMPRESSED_SUFFIXES",

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from backup_ops.errors import ConfigError
+from backup_ops.core.errors import ConfigError
 
 CONFIG_ENV = "BACKUP_OPS_CONFIG"
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "include" / "backup_config.yaml"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[3] / "include" / "backup_config.yaml"
 
 DumpFormat = Literal["plain", "custom"]
 Encryption = Literal["aes256", "aes192", "aes128", "none"]

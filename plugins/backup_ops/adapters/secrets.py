@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from backup_ops.config import SecretRef
-from backup_ops.errors import SecretError
+from backup_ops.core.config import SecretRef
+from backup_ops.core.errors import SecretError
 
 
 def resolve_secret(ref: SecretRef | None) -> str | None:

@@ -1,1 +1,0 @@
-"""Airflow-facing steps and operators: thin wrappers that call one core function each."""
