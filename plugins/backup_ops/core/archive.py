@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from backup_ops.core.errors import ArchiveError, BackupError, FileSelectionError, UnsafeArchiveError, VerificationError
+from backup_ops.core.fileio import CHUNK_SIZE, fsync_directory, sha256_of_file
 from backup_ops.core.files import SelectedEntry
 from backup_ops.core.manifest import (
     EMPTY_SHA256,
@@ -55,7 +56,6 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-CHUNK_SIZE = 1 << 20
 AES_BITS = {"aes128": 128, "aes192": 192, "aes256": 256}
 _AES_STRENGTH = {"aes128": 1, "aes192": 2, "aes256": 3}  # WinZip AE extra field strength codes
 _ZIP_ENCRYPTED_FLAG = 0x1
@@ -190,7 +190,7 @@ def build_archive(
             raise ArchiveError(f"Archive {target} is {on_disk} bytes on disk but {sink.position} were written.")
         fd, closing = -1, fd  # never close twice: the number may already belong to another open file
         os.close(closing)
-        _fsync_directory(target.parent)
+        fsync_directory(target.parent)
     except BaseException as exc:
         if zf is not None:
             # The partial archive is deleted, so never let pyzipper write its central directory
@@ -476,21 +476,6 @@ def _remove(path: Path) -> None:
         os.unlink(path)
 
 
-def _fsync_directory(path: Path) -> None:
-    """Make the new directory entry durable too; some file systems cannot fsync directories."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
 # ---------------------------------------------------------------------------- reading
 
 
@@ -560,14 +545,6 @@ def _read_chunks(stream: Any, name: str, path: Path) -> Iterator[bytes]:
                                 "the archive is corrupt or was tampered with.") from exc
 
 
-def _file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(CHUNK_SIZE):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def verify_archive(
     path: Path,
     *,
@@ -592,7 +569,7 @@ def verify_archive(
         raise VerificationError(f"Archive {path} is {size} bytes but {expected_size} were written: "
                                 "it is truncated or was replaced.")
     if expected_sha256 is not None:
-        actual = _file_sha256(path)
+        actual, _ = sha256_of_file(path)
         if actual != expected_sha256.lower():
             raise VerificationError(f"Archive {path} has sha256 {actual} but {expected_sha256} was recorded: "
                                     "it is corrupt or was replaced.")

@@ -7,7 +7,6 @@ date comes from an exact ``YYYY-MM-DD-HH-MM-SS.zip`` name, else from its modific
 
 from __future__ import annotations
 
-import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -20,7 +19,6 @@ from typing import IO
 from backup_ops.core.models import BackupFile, Receipt, date_from_archive_name
 
 RECEIPT_SUFFIX = ".json"
-HASH_CHUNK = 1 << 20
 
 
 def receipt_path(archive_path: str) -> str:
@@ -36,16 +34,6 @@ def is_backup_key(key: str) -> bool:
 def backup_from_listing(key: str, size: int, modified: datetime) -> BackupFile:
     """A BackupFile dated by its name when it carries a timestamp, else by ``modified``."""
     return BackupFile(path=key, date=date_from_archive_name(key) or modified, size=size)
-
-
-def sha256_of_stream(stream: IO[bytes]) -> tuple[str, int]:
-    """SHA-256 hex digest and byte count of a stream, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    total = 0
-    while chunk := stream.read(HASH_CHUNK):
-        digest.update(chunk)
-        total += len(chunk)
-    return digest.hexdigest(), total
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from backup_ops.adapters.destinations.base import (
-    HASH_CHUNK,
     BackupDestination,
     PublishedBackup,
     backup_from_listing,
@@ -21,10 +20,10 @@ from backup_ops.adapters.destinations.base import (
     receipt_bytes,
     receipt_from_bytes,
     receipt_path,
-    sha256_of_stream,
     sorted_newest_first,
 )
 from backup_ops.core.errors import DestinationError, VerificationError
+from backup_ops.core.fileio import CHUNK_SIZE, fsync_directory, sha256_of_stream
 from backup_ops.core.models import BackupFile, Receipt
 
 PARTIAL_SUFFIX = ".partial"
@@ -157,7 +156,7 @@ class LocalDestination(BackupDestination):
         try:
             file.unlink()
             self._file(receipt_path(path)).unlink(missing_ok=True)
-            _fsync_dir(file.parent)
+            fsync_directory(file.parent)
         except OSError as exc:
             raise DestinationError(f"Destination {self.name}: cannot delete {file}: {exc.strerror}.") from exc
 
@@ -165,7 +164,7 @@ class LocalDestination(BackupDestination):
         """Remove a bad copy and its receipt (used when a freshly published archive fails checks)."""
         for victim in (final, _receipt_file(final)):
             victim.unlink(missing_ok=True)
-        _fsync_dir(final.parent)
+        fsync_directory(final.parent)
 
     def discard(self, published: PublishedBackup) -> None:
         """Remove an archive this run published that then failed verification."""
@@ -193,14 +192,14 @@ def _copy_atomically(source: Path, final: Path) -> tuple[str, int]:
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with open(fd, "wb") as out, open(source, "rb") as src:
-            while chunk := src.read(HASH_CHUNK):
+            while chunk := src.read(CHUNK_SIZE):
                 out.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
             out.flush()
             os.fsync(out.fileno())
         _link_no_replace(partial, final)
-        _fsync_dir(final.parent)
+        fsync_directory(final.parent)
     finally:
         partial.unlink(missing_ok=True)
     return digest.hexdigest(), size
@@ -230,14 +229,6 @@ def _write_atomically(final: Path, data: bytes) -> None:
         os.replace(partial, final)
     finally:
         partial.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _os_error_sentence(name: str, final: Path, exc: OSError) -> str:

@@ -50,10 +50,10 @@ from backup_ops.adapters.destinations.base import (
     receipt_bytes,
     receipt_from_bytes,
     receipt_path,
-    sha256_of_stream,
     sorted_newest_first,
 )
 from backup_ops.core.errors import BackupError, ConfigError, DestinationError, VerificationError
+from backup_ops.core.fileio import sha256_of_stream
 from backup_ops.core.models import BackupFile, Receipt
 
 if TYPE_CHECKING:
