@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from backup_ops.adapters.postgres.dump import PgTarget
+from backup_ops.adapters.postgres.target import PgTarget
 from devtools.pgserver import EmbeddedPostgres
 from devtools.sample_data import load_sample_data
 

@@ -25,7 +25,9 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from backup_ops.adapters.postgres.dump import PgTarget, dump_database, pg_tool
+from backup_ops.adapters.postgres.dump import dump_database
+from backup_ops.adapters.postgres.target import PgTarget
+from backup_ops.adapters.postgres.tools import pg_tool
 from backup_ops.core.config import Compression, DatabaseSource
 from backup_ops.core.errors import DumpError
 from backup_ops.core.models import DumpResult
