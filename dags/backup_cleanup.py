@@ -1,6 +1,6 @@
 """backup_cleanup: apply the retention policy on every destination, one mapped task per destination.
 
-Wiring only; the work is ``backup_ops.airflow.cleanup_steps.BackupCleanupOperator``. The config is read
+Wiring only; the work is ``backup_ops.airflow.operators.BackupCleanupOperator``. The config is read
 at parse time (a local YAML file, no Variables or Connections) so a bad policy shows as an import
 error in the Airflow UI instead of failing at 01:00.
 """
@@ -12,15 +12,15 @@ from typing import Any
 
 from airflow.sdk import CronTriggerTimetable, Param, TriggerRule, dag, task
 
-from backup_ops.airflow.cleanup_steps import BackupCleanupOperator, finish_cleanup
-from backup_ops.airflow.notify import task_defaults
+from backup_ops.airflow.cleanup_steps import finish_cleanup, retention_policy
+from backup_ops.airflow.defaults import task_defaults
+from backup_ops.airflow.operators import BackupCleanupOperator
 from backup_ops.core.config import load_config
-from backup_ops.core.retention import RetentionPolicy
 
 CONFIG = load_config()
 DESTINATIONS = CONFIG.backup.destination.names()
 # Built here so an invalid policy is an import error, and so the docs show it in words.
-POLICY = RetentionPolicy.from_settings(CONFIG.cleanup.retention)
+POLICY = retention_policy(CONFIG)
 
 DOC = f"""
 ### backup_cleanup — `{CONFIG.backup.name}`
@@ -69,7 +69,8 @@ def backup_cleanup() -> None:
     @task(trigger_rule=TriggerRule.ALL_DONE, retries=0, on_failure_callback=None)
     def report(ti: Any = None) -> dict[str, Any]:
         # Every summary that exists (a failed destination has none); each names its destination.
-        return finish_cleanup(ti.dag_id, ti.run_id, DESTINATIONS, ti.xcom_pull(task_ids="cleanup", default=None))
+        summaries = ti.xcom_pull(task_ids="cleanup", default=None)
+        return finish_cleanup(CONFIG, ti.dag_id, ti.run_id, DESTINATIONS, summaries)
 
     cleaned >> report()
 

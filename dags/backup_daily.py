@@ -1,8 +1,8 @@
 """backup_daily: dump every database, collect files, build one verified archive, publish everywhere.
 
-Wiring only; every step lives in ``backup_ops.airflow.backup_steps``. The config is read at parse
-time (a local YAML file, no Variables or Connections) so a bad config shows as an import
-error in the Airflow UI instead of failing at 02:00.
+Wiring only; every step lives in ``backup_ops.airflow.backup_steps`` and receives the config from here.
+The config is read at parse time (a local YAML file, no Variables or Connections) so a bad config
+shows as an import error in the Airflow UI instead of failing at 02:00.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from airflow.sdk import Asset, CronTriggerTimetable, Param, TriggerRule, dag, task
 
 from backup_ops.airflow import backup_steps as steps
-from backup_ops.airflow.notify import task_defaults
+from backup_ops.airflow.defaults import task_defaults
 from backup_ops.airflow.operators import PublishBackupOperator
 from backup_ops.core.config import load_config
 
@@ -70,34 +70,34 @@ Runbook: `docs/runbook.md`.
 def backup_daily() -> None:
     @task
     def prepare_staging(dag_run: Any = None) -> str:
-        return steps.prepare_staging(dag_run.dag_id, dag_run.run_id)
+        return steps.prepare_staging(CONFIG, dag_run.dag_id, dag_run.run_id)
 
     @task(multiple_outputs=True)
     def plan(staging_dir: str, params: Any = None) -> dict[str, Any]:
-        return steps.plan(dict(params), staging_dir)
+        return steps.plan(CONFIG, dict(params), staging_dir)
 
     @task
     def check_databases(conn_ids: list[str]) -> list[str]:
-        return steps.check_databases(conn_ids)
+        return steps.check_databases(CONFIG, conn_ids)
 
     @task
     def check_destinations(names: list[str]) -> list[str]:
-        return steps.check_destinations(names)
+        return steps.check_destinations(CONFIG, names)
 
     @task(map_index_template="{{ task.op_kwargs['conn_id'] }}")
     def dump_database(conn_id: str, staging_dir: str) -> dict[str, Any]:
-        return steps.dump_database(conn_id, staging_dir)
+        return steps.dump_database(CONFIG, conn_id, staging_dir)
 
     @task
     def collect_files(staging_dir: str, include_files: bool) -> dict[str, Any]:
-        return steps.collect_files(staging_dir, include_files)
+        return steps.collect_files(CONFIG, staging_dir, include_files)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def build_archive(plan_result: dict[str, Any], dumps: Any, files: dict[str, Any],
                       dag_run: Any = None) -> dict[str, Any]:
         run = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id,
                "logical_date": str(dag_run.logical_date) if dag_run.logical_date else ""}
-        return steps.build_archive(plan_result, list(dumps or []), files, run)
+        return steps.build_archive(CONFIG, plan_result, list(dumps or []), files, run)
 
     # Its own failure is the run's summary, already in the notification it sends: not recorded again.
     @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[BACKUP_ASSET], retries=0, on_failure_callback=None)
@@ -107,14 +107,14 @@ def backup_daily() -> None:
         planned_run = ti.xcom_pull(task_ids="plan", default=None)
         count = len(planned_run["destinations"]) if planned_run else 0
         published = ti.xcom_pull(task_ids="publish", map_indexes=list(range(count)), default=None) if count else []
-        summary = steps.finish_run(ti.dag_id, ti.run_id, dict(params or {}), planned_run,
+        summary = steps.finish_run(CONFIG, ti.dag_id, ti.run_id, dict(params or {}), planned_run,
                                    ti.xcom_pull(task_ids="build_archive", default=None), published)
         outlet_events[BACKUP_ASSET].extra = summary
         return summary
 
     @task(retries=0, on_failure_callback=None)
     def remove_staging(staging_dir: str) -> None:
-        steps.remove_staging(staging_dir)
+        steps.remove_staging(CONFIG, staging_dir)
 
     # XComArgs are typed Any: TaskFlow's call signatures are not expressible to mypy.
     staging: Any = prepare_staging()

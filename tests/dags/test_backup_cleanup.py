@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from backup_ops.adapters.destinations.local import LocalDestination
-from backup_ops.airflow.cleanup_steps import BackupCleanupOperator, cleanup_moment, report_cleanup
+from backup_ops.airflow.cleanup_steps import cleanup_moment, report_cleanup
+from backup_ops.airflow.operators import BackupCleanupOperator
 from backup_ops.core.errors import BackupError, ConfigError, DestinationError
 from tests.dags.conftest import LARAVEL_RETENTION, set_notifications
 

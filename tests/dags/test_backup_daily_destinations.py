@@ -66,10 +66,11 @@ def test_only_to_destination_publishes_to_that_one(two_destinations, s3_endpoint
 
 def test_unknown_destination_names_the_valid_ones(two_destinations, tmp_path):
     from backup_ops.airflow.backup_steps import plan
+    from backup_ops.core.config import load_config
 
     with pytest.raises(ConfigError, match="no backup destination named 'nas'; configured destinations are: "
                                           "local, offsite"):
-        plan({"only_to_destination": "nas"}, str(tmp_path))
+        plan(load_config(), {"only_to_destination": "nas"}, str(tmp_path))
 
 
 def test_failed_destination_fails_the_run_without_continue_on_failure(backup_env, s3_endpoint):

@@ -20,7 +20,8 @@ from typing import Any
 
 from backup_ops import __version__
 from backup_ops.adapters.destinations.base import BackupDestination
-from backup_ops.core.config import BackupConfig, LocalDestinationConfig, load_config
+from backup_ops.adapters.postgres.target import target_from_connection
+from backup_ops.core.config import BackupConfig, LocalDestinationConfig
 from backup_ops.core.errors import BackupError, ConfigError, DestinationError
 from backup_ops.core.models import DumpResult, Receipt, archive_file_name, human_bytes, run_folder_name
 
@@ -37,9 +38,9 @@ def asset_name(backup_name: str) -> str:
 # ---------------------------------------------------------------------------- plan
 
 
-def prepare_staging(dag_id: str, run_id: str) -> str:
+def prepare_staging(config: BackupConfig, dag_id: str, run_id: str) -> str:
     """Create this run's private staging directory (0700) below backup.staging_directory."""
-    root = load_config().backup.staging_directory
+    root = config.backup.staging_directory
     staging = root / run_folder_name(dag_id, run_id)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -52,11 +53,10 @@ def prepare_staging(dag_id: str, run_id: str) -> str:
     return str(staging)
 
 
-def plan(params: dict[str, Any], staging_dir: str) -> dict[str, Any]:
+def plan(config: BackupConfig, params: dict[str, Any], staging_dir: str) -> dict[str, Any]:
     """Validate the run's Params against the config and decide what this run backs up, and where."""
     from backup_ops.adapters.secrets import resolve_secret
 
-    config = load_config()
     only_db, only_files = bool(params.get("only_db")), bool(params.get("only_files"))
     if only_db and only_files:
         raise ConfigError("Params only_db and only_files cannot be used together; set at most one of them.")
@@ -106,14 +106,13 @@ def _selected_databases(config: BackupConfig, wanted: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------- preflight
 
 
-def check_databases(conn_ids: list[str]) -> list[str]:
+def check_databases(config: BackupConfig, conn_ids: list[str]) -> list[str]:
     """Fail fast on a missing connection, wrong credentials or a pg_dump older than the server."""
     from backup_ops.adapters.postgres.dump import check_target
 
-    config = load_config()
     seen: dict[str, str] = {}
     for conn_id in conn_ids:
-        target = pg_target(conn_id)
+        target = target_from_connection(conn_id)
         if target.dbname in seen:
             # Both dumps would be db-dumps/postgresql-<db>.sql.gz (laravel-backup's member name).
             raise ConfigError(
@@ -127,11 +126,10 @@ def check_databases(conn_ids: list[str]) -> list[str]:
     return list(conn_ids)
 
 
-def check_destinations(names: list[str]) -> list[str]:
+def check_destinations(config: BackupConfig, names: list[str]) -> list[str]:
     """Check every destination is reachable before dumping; all must be, unless continue_on_failure."""
     from backup_ops.adapters.destinations.factory import make_destination
 
-    config = load_config()
     problems = []
     for name in names:
         dest = make_destination(config.destination(name), config.backup.name)
@@ -149,13 +147,13 @@ def check_destinations(names: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------- dump
 
 
-def dump_database(conn_id: str, staging_dir: str) -> dict[str, Any]:
+def dump_database(config: BackupConfig, conn_id: str, staging_dir: str) -> dict[str, Any]:
     """Dump one database into the staging directory; returns a summary (the full result stays on disk)."""
     from backup_ops.adapters.postgres.dump import dump_database as run_dump
 
-    config = load_config()
     source = config.database(conn_id)
-    result = run_dump(pg_target(conn_id), source, Path(staging_dir), pg_bin_dir=config.backup.pg_bin_dir, log=log)
+    result = run_dump(target_from_connection(conn_id), source, Path(staging_dir), pg_bin_dir=config.backup.pg_bin_dir,
+                      log=log)
     # Beside db-dumps/, which holds only what goes into the archive.
     result_file = Path(staging_dir) / f"dump-{conn_id}.json"
     result_file.write_text(json.dumps(result.to_dict()), encoding="utf-8")
@@ -172,33 +170,6 @@ def dump_database(conn_id: str, staging_dir: str) -> dict[str, Any]:
     }
 
 
-def pg_target(conn_id: str) -> Any:
-    """Connection details for one Airflow postgres connection (password stays in memory only)."""
-    from airflow.sdk import Connection
-
-    from backup_ops.adapters.postgres.dump import PgTarget
-
-    try:
-        conn = Connection.get(conn_id)
-    except Exception as exc:  # the SDK raises its own not-found type
-        raise ConfigError(
-            f"Airflow connection {conn_id!r} (source.databases) could not be read ({type(exc).__name__}); "
-            f"create it, e.g. `airflow connections add {conn_id} --conn-uri postgresql://user:pass@host:5432/db`."
-        ) from None
-    if not conn.schema:
-        raise ConfigError(f"Airflow connection {conn_id!r} has no database name (schema field); set it.")
-    extra = conn.extra_dejson or {}
-    return PgTarget(
-        host=conn.host or "localhost",
-        port=int(conn.port or 5432),
-        user=conn.login or "",
-        password=conn.password or "",
-        dbname=conn.schema,
-        sslmode=extra.get("sslmode"),
-        connect_timeout=int(extra.get("connect_timeout", 10)),
-    )
-
-
 # ---------------------------------------------------------------------------- files
 
 
@@ -209,7 +180,7 @@ def always_excluded(config: BackupConfig) -> list[Path]:
     return paths
 
 
-def collect_files(staging_dir: str, include_files: bool) -> dict[str, Any]:
+def collect_files(config: BackupConfig, staging_dir: str, include_files: bool) -> dict[str, Any]:
     """Select the files to back up and write the list to the staging directory (one JSON line each)."""
     from backup_ops.core.files import select_files
 
@@ -217,7 +188,6 @@ def collect_files(staging_dir: str, include_files: bool) -> dict[str, Any]:
     count = dirs = total = 0
     with open(listing, "w", encoding="utf-8") as out:
         if include_files:
-            config = load_config()
             for entry in select_files(config.backup.files, always_excluded(config), log=log):
                 out.write(json.dumps({"path": str(entry.path), "arcname": entry.arcname, "is_dir": entry.is_dir,
                                       "size": entry.size, "mtime": entry.mtime, "mode": entry.mode}) + "\n")
@@ -242,15 +212,14 @@ def _read_listing(path: Path) -> Any:
 # ---------------------------------------------------------------------------- archive
 
 
-def build_archive(plan_result: dict[str, Any], dumps: list[dict[str, Any]], files: dict[str, Any],
-                  run: dict[str, str]) -> dict[str, Any]:
+def build_archive(config: BackupConfig, plan_result: dict[str, Any], dumps: list[dict[str, Any]],
+                  files: dict[str, Any], run: dict[str, str]) -> dict[str, Any]:
     """Zip the dumps, files and manifest into one (encrypted) archive, then verify it end to end."""
     from backup_ops.adapters.secrets import resolve_secret
     from backup_ops.core.archive import build_archive as run_build
     from backup_ops.core.archive import verify_archive
     from backup_ops.core.manifest import build_manifest
 
-    config = load_config()
     password = resolve_secret(config.backup.password)
     secret = password.encode() if password else None
     results = [DumpResult.from_dict(json.loads(Path(d["result_file"]).read_text())) for d in dumps or []]
@@ -306,12 +275,11 @@ def tool_versions() -> dict[str, str]:
 # ---------------------------------------------------------------------------- publish
 
 
-def publish(dest: BackupDestination, archive: dict[str, Any]) -> dict[str, Any]:
+def publish(config: BackupConfig, dest: BackupDestination, archive: dict[str, Any]) -> dict[str, Any]:
     """Publish the staged archive to one destination atomically and verify the copy there."""
     from backup_ops.adapters.secrets import resolve_secret
     from backup_ops.core.archive import verify_archive
 
-    config = load_config()
     destination = dest.name
     dest.check_reachable()
     receipt = Receipt(archive=archive["name"], size=archive["size"], sha256=archive["sha256"],
@@ -341,15 +309,17 @@ def publish(dest: BackupDestination, archive: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- finish
 
 
-def finish_run(dag_id: str, run_id: str, params: dict[str, Any], plan_result: dict[str, Any] | None,
-               archive: dict[str, Any] | None, published_results: Any) -> dict[str, Any]:
+def finish_run(config: BackupConfig, dag_id: str, run_id: str, params: dict[str, Any],
+               plan_result: dict[str, Any] | None, archive: dict[str, Any] | None,
+               published_results: Any) -> dict[str, Any]:
     """Decide the run's outcome, send its one notification, and return the Asset event's extra."""
-    from backup_ops.airflow.notify import failure_lines, notify_run, read_failures
+    from backup_ops.adapters.mail import notify_run
+    from backup_ops.airflow.failures import failure_lines, read_failures
 
-    config = load_config()
     disabled = bool(params.get("disable_notifications"))
     try:
-        summary = summarize(plan_result, archive, published_results)
+        summary = summarize(plan_result, archive, published_results,
+                            continue_on_failure=config.backup.destination.continue_on_failure)
     except BackupError as exc:
         causes = failure_lines(read_failures(config, dag_id, run_id))
         notify_run(config, dag_id=dag_id, run_id=run_id, what="backup", succeeded=False,
@@ -365,18 +335,17 @@ def finish_run(dag_id: str, run_id: str, params: dict[str, Any], plan_result: di
     return summary
 
 
-def summarize(plan_result: dict[str, Any] | None, archive: dict[str, Any] | None,
-              published_results: Any) -> dict[str, Any]:
+def summarize(plan_result: dict[str, Any] | None, archive: dict[str, Any] | None, published_results: Any, *,
+              continue_on_failure: bool) -> dict[str, Any]:
     """Decide whether the run succeeded given which destinations got a verified copy."""
     if isinstance(published_results, dict):
         published_results = [published_results]
     published: list[dict[str, Any]] = [p for p in (published_results or []) if p]
     if not plan_result or not archive:
         raise BackupError("No archive was built, so nothing was published; see the failed task above for the cause.")
-    config = load_config()
     done = {p["destination"] for p in published}
     failed = [name for name in plan_result["destinations"] if name not in done]
-    if failed and (not config.backup.destination.continue_on_failure or not done):
+    if failed and (not continue_on_failure or not done):
         raise DestinationError(
             f"Backup {archive['name']} failed on destination(s) {', '.join(failed)}"
             + (f" (verified copies exist on {', '.join(sorted(done))})" if done else "")
@@ -391,12 +360,12 @@ def summarize(plan_result: dict[str, Any] | None, archive: dict[str, Any] | None
             "locations": [p["location"] for p in published], "failed_destinations": failed}
 
 
-def remove_staging(staging_dir: str | None) -> None:
+def remove_staging(config: BackupConfig, staging_dir: str | None) -> None:
     """Delete the run's staging directory, whatever happened before."""
     if not staging_dir:
         return
     path = Path(staging_dir)
-    root = load_config().backup.staging_directory
+    root = config.backup.staging_directory
     if path.parent != root:  # defence in depth: only ever delete a run folder we created
         raise BackupError(f"Refusing to remove {path}: it is not a run folder below {root}.")
     if path.exists():

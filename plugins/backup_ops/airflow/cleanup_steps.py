@@ -1,9 +1,10 @@
-"""``BackupCleanupOperator``: apply the retention policy to one destination (list → plan → delete → report).
+"""The steps of ``backup_cleanup``: list → plan → log every decision → delete → report.
 
-The decisions come from the pure ``backup_ops.core.retention.plan_cleanup``; this module only feeds it
-the destination's listing and the run's logical date, logs every decision with its rule, carries
-the deletions out and checks the result. It never decides anything the plan did not say, and it
-refuses to delete at all when the plan or the listing look wrong (see ``refusal_reason``).
+The decisions come from the pure ``backup_ops.core.retention.plan_cleanup``; this module only feeds
+it the destination's listing and the run's logical date, logs every decision with its rule,
+carries the deletions out and checks the result. It never decides anything the plan did not say,
+and it refuses to delete at all when the plan or the listing look wrong
+(``backup_ops.core.cleanup_guard.refusal_reason``).
 """
 
 from __future__ import annotations
@@ -13,18 +14,13 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from airflow.sdk import BaseOperator
-
-from backup_ops.adapters.destinations.base import is_backup_key
-from backup_ops.adapters.destinations.factory import make_destination
-from backup_ops.core.config import load_config
-from backup_ops.core.errors import BackupError, ConfigError, DestinationError
+from backup_ops.core.cleanup_guard import refusal_reason
+from backup_ops.core.config import BackupConfig
+from backup_ops.core.errors import BackupError, DestinationError
 from backup_ops.core.models import BackupFile, human_bytes
-from backup_ops.core.retention import REASON_NEWEST, CleanupPlan, RetentionPolicy, plan_cleanup
+from backup_ops.core.retention import RetentionPolicy, plan_cleanup
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
-
     from backup_ops.adapters.destinations.base import BackupDestination
 
 log = logging.getLogger(__name__)
@@ -42,51 +38,13 @@ class _Log(Protocol):
 _MAX_PATHS_IN_MESSAGE = 10
 
 
-class BackupCleanupOperator(BaseOperator):
-    """Delete the backups on one destination that the retention policy does not keep.
-
-    :param destination: name of a ``backup.destination.destinations`` entry (templated).
-    :param dry_run: log the plan and delete nothing; a bool, or ``"true"``/``"false"`` as
-        rendered from ``{{ params.dry_run }}`` (templated).
-
-    Retention is measured from the run's logical date (data interval end, else ``run_after``),
-    never the clock, so re-running a past date decides the same. Returns a small summary
-    (counts and bytes), never the lists of backups.
-    """
-
-    template_fields: Sequence[str] = ("destination", "dry_run")
-    ui_color = "#f4d8cd"
-
-    def __init__(self, *, destination: str, dry_run: bool | str = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.destination = destination
-        # Shadows BaseOperator's legacy ``dry_run()`` (render-only; nothing in Airflow 3 calls it) so the
-        # argument, the template field and the DAG Param all keep laravel-backup's flag name.
-        self.dry_run = dry_run  # type: ignore[assignment,method-assign]
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        dry_run = parse_dry_run(self.dry_run)
-        if not isinstance(self.destination, str) or not self.destination.strip():
-            raise ConfigError(
-                f"BackupCleanupOperator.destination must be a destination name, got {self.destination!r}."
-            )
-        now = cleanup_moment(context)
-        config = load_config()
-        destination = make_destination(config.destination(self.destination.strip()), config.backup.name)
-        policy = RetentionPolicy.from_settings(config.cleanup.retention)
-        return clean_destination(destination, policy, now, dry_run=dry_run, log=self.log)
+# Enough paths to act on in a failure message without flooding the UI with a thousand names.
+_MAX_PATHS_IN_MESSAGE = 10
 
 
-def parse_dry_run(value: object) -> bool:
-    """The rendered ``dry_run`` as a bool; anything but a clear true/false is refused, never guessed.
-
-    A typo in a flag that decides between "log only" and "delete" must not silently mean "delete".
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ConfigError(f"BackupCleanupOperator.dry_run must be true or false, got {value!r}.")
+def retention_policy(config: BackupConfig) -> RetentionPolicy:
+    """The configured ``cleanup.default_strategy`` as a validated policy."""
+    return RetentionPolicy.from_settings(config.cleanup.retention)
 
 
 def cleanup_moment(context: Mapping[str, Any]) -> datetime:
@@ -170,44 +128,6 @@ def clean_destination(
                     used_after=used_after, dry_run=False, now=now)
 
 
-def refusal_reason(plan: CleanupPlan, backups: Sequence[BackupFile], policy: RetentionPolicy,
-                   backup_name: str) -> str | None:
-    """Why deleting what ``plan`` says would be unsafe, or None when it is safe.
-
-    Two kinds of trouble are caught before anything is deleted. A plan that does not match the
-    listing (a lost or unknown path, the newest or a floor backup deleted, a key outside the
-    backup folder) means a bug, and deleting on a bug is irreversible. A listing whose newest
-    backup is older than the whole retention horizon means no backup was made for years, or,
-    far more likely, the dates are wrong (modification times reset by a copy or restore): the
-    plan would then erase the whole history but one backup. laravel-backup would delete; we
-    stop and let a human look, because that is the one case where being wrong loses everything.
-    """
-    listed = {backup.path for backup in backups}
-    kept = {backup.path for backup in plan.keep}
-    deleted = {backup.path for backup in plan.delete}
-    if kept & deleted or kept | deleted != listed or len(plan.keep) + len(plan.delete) != len(backups):
-        return "the retention plan does not cover the listing exactly (a bug in the planner)."
-    if len(plan.keep) < min(policy.min_backups_kept, len(backups)) or REASON_NEWEST not in {
-        plan.reasons[path] for path in kept
-    }:
-        return "the retention plan would delete the newest backup or go below min_backups_kept (a bug in the planner)."
-    strays = sorted(path for path in deleted if not is_backup_key(path) or not path.startswith(f"{backup_name}/"))
-    if strays:
-        return f"the retention plan names {strays[0]!r}, which is not a .zip backup below {backup_name}/."
-    if not plan.delete or not plan.periods:
-        return None
-    horizon = plan.periods[-1].end
-    newest = max(backups, key=lambda backup: backup.date)
-    if newest.date < horizon:
-        return (
-            f"the newest backup, {newest.path}, is dated {newest.date.isoformat()}, before the whole retention "
-            f"horizon ({horizon.isoformat()}), so the plan would leave only {len(plan.keep)} backup(s) of "
-            f"{len(backups)}. Either no backup was made for years or the backups' dates are wrong (modification "
-            "times reset by a copy?). Check the destination; if the plan logged above is right, delete by hand."
-        )
-    return None
-
-
 def _delete_planned(destination: BackupDestination, planned: Sequence[BackupFile],
                     log: _Log) -> tuple[int, list[str]]:
     """Delete each planned backup with its receipt; returns bytes freed and the paths that failed."""
@@ -278,11 +198,12 @@ def report_cleanup(destinations: Sequence[str], summaries: Any) -> dict[str, Any
     return {"destinations": list(destinations), **totals}
 
 
-def finish_cleanup(dag_id: str, run_id: str, destinations: Sequence[str], summaries: Any) -> dict[str, Any]:
+def finish_cleanup(config: BackupConfig, dag_id: str, run_id: str, destinations: Sequence[str],
+                   summaries: Any) -> dict[str, Any]:
     """``report_cleanup`` plus the run's one notification (failed destinations with their causes)."""
-    from backup_ops.airflow.notify import failure_lines, notify_run, read_failures
+    from backup_ops.adapters.mail import notify_run
+    from backup_ops.airflow.failures import failure_lines, read_failures
 
-    config = load_config()
     try:
         totals = report_cleanup(destinations, summaries)
     except BackupError as exc:

@@ -1,4 +1,7 @@
-"""PublishBackupOperator: one destination's publish step, with an ``on_kill`` that aborts uploads."""
+"""The classic operators of backup-ops: the ones that need more of Airflow than a TaskFlow function gets.
+
+Each reads the config once in ``execute`` (after templates are rendered) and hands it to a step.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,11 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 
 from backup_ops.adapters.destinations.base import BackupDestination
+from backup_ops.adapters.destinations.factory import make_destination
 from backup_ops.airflow.backup_steps import publish
+from backup_ops.airflow.cleanup_steps import clean_destination, cleanup_moment, retention_policy
 from backup_ops.core.config import load_config
+from backup_ops.core.errors import ConfigError
 
 
 class PublishBackupOperator(BaseOperator):
@@ -29,12 +35,56 @@ class PublishBackupOperator(BaseOperator):
         self._dest: BackupDestination | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from backup_ops.adapters.destinations.factory import make_destination
-
         config = load_config()
         self._dest = make_destination(config.destination(self.destination), config.backup.name)
-        return publish(self._dest, self.archive)
+        return publish(config, self._dest, self.archive)
 
     def on_kill(self) -> None:
         if self._dest is not None:
             self._dest.cancel()
+
+
+class BackupCleanupOperator(BaseOperator):
+    """Delete the backups on one destination that the retention policy does not keep.
+
+    :param destination: name of a ``backup.destination.destinations`` entry (templated).
+    :param dry_run: log the plan and delete nothing; a bool, or ``"true"``/``"false"`` as
+        rendered from ``{{ params.dry_run }}`` (templated).
+
+    Retention is measured from the run's logical date (data interval end, else ``run_after``),
+    never the clock, so re-running a past date decides the same. Returns a small summary
+    (counts and bytes), never the lists of backups.
+    """
+
+    template_fields: Sequence[str] = ("destination", "dry_run")
+    ui_color = "#f4d8cd"
+
+    def __init__(self, *, destination: str, dry_run: bool | str = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.destination = destination
+        # Shadows BaseOperator's legacy ``dry_run()`` (render-only; nothing in Airflow 3 calls it) so the
+        # argument, the template field and the DAG Param all keep laravel-backup's flag name.
+        self.dry_run = dry_run  # type: ignore[assignment,method-assign]
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        dry_run = parse_dry_run(self.dry_run)
+        if not isinstance(self.destination, str) or not self.destination.strip():
+            raise ConfigError(
+                f"BackupCleanupOperator.destination must be a destination name, got {self.destination!r}."
+            )
+        now = cleanup_moment(context)
+        config = load_config()
+        destination = make_destination(config.destination(self.destination.strip()), config.backup.name)
+        return clean_destination(destination, retention_policy(config), now, dry_run=dry_run, log=self.log)
+
+
+def parse_dry_run(value: object) -> bool:
+    """The rendered ``dry_run`` as a bool; anything but a clear true/false is refused, never guessed.
+
+    A typo in a flag that decides between "log only" and "delete" must not silently mean "delete".
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"BackupCleanupOperator.dry_run must be true or false, got {value!r}.")

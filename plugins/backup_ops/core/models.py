@@ -51,6 +51,11 @@ def date_from_archive_name(name: str) -> datetime | None:
         return None
 
 
+def is_backup_key(key: str) -> bool:
+    """Whether a key below the backup folder is a backup archive (laravel-backup: ``.zip`` only)."""
+    return key.lower().endswith(".zip")
+
+
 @dataclass(frozen=True)
 class BackupFile:
     """One backup archive on a destination: its key below the destination root, date and size."""

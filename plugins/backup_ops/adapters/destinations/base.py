@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from backup_ops.core.models import BackupFile, Receipt, date_from_archive_name
+from backup_ops.core.models import is_backup_key  # noqa: F401  TEMP until the s3 split lands
 
 RECEIPT_SUFFIX = ".json"
 
@@ -24,11 +25,6 @@ RECEIPT_SUFFIX = ".json"
 def receipt_path(archive_path: str) -> str:
     """Key of the receipt written beside an archive (``x.zip`` → ``x.zip.json``)."""
     return archive_path + RECEIPT_SUFFIX
-
-
-def is_backup_key(key: str) -> bool:
-    """Whether a key below the backup folder is a backup archive (laravel-backup: ``.zip`` only)."""
-    return key.lower().endswith(".zip")
 
 
 def backup_from_listing(key: str, size: int, modified: datetime) -> BackupFile:

@@ -16,7 +16,6 @@ from backup_ops.adapters.destinations.base import (
     BackupDestination,
     PublishedBackup,
     backup_from_listing,
-    is_backup_key,
     receipt_bytes,
     receipt_from_bytes,
     receipt_path,
@@ -24,7 +23,7 @@ from backup_ops.adapters.destinations.base import (
 )
 from backup_ops.core.errors import DestinationError, VerificationError
 from backup_ops.core.fileio import CHUNK_SIZE, fsync_directory, sha256_of_stream
-from backup_ops.core.models import BackupFile, Receipt
+from backup_ops.core.models import BackupFile, Receipt, is_backup_key
 
 PARTIAL_SUFFIX = ".partial"
 
