@@ -160,7 +160,8 @@ def backup_in_child(spec: dict[str, Any]) -> dict[str, Any]:
     from backup_ops.adapters.destinations.local import LocalDestination
     from backup_ops.adapters.postgres.dump import dump_database
     from backup_ops.adapters.postgres.target import PgTarget
-    from backup_ops.core.archive import build_archive, verify_archive
+    from backup_ops.core.archive import build_archive
+    from backup_ops.core.archive_read import verify_archive
     from backup_ops.core.config import DatabaseSource
     from backup_ops.core.manifest import MemberInfo, build_manifest
     from backup_ops.core.models import Receipt, archive_file_name

@@ -23,21 +23,15 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from xml.sax.saxutils import escape
 
+from backup_ops.core.config import RetentionSettings
 from backup_ops.core.models import BackupFile
 from backup_ops.core.retention import CleanupPlan, RetentionPeriod, RetentionPolicy, plan_cleanup
 
 ROOT = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)
 HISTORY_START = datetime(2022, 1, 1, 2, 0, tzinfo=UTC)
-# include/backup_config.yaml's cleanup.default_strategy
-SHIPPED_POLICY = RetentionPolicy(
-    keep_all_backups_for_days=7,
-    keep_daily_backups_for_days=30,
-    keep_weekly_backups_for_weeks=12,
-    keep_monthly_backups_for_months=12,
-    keep_yearly_backups_for_years=3,
-    delete_oldest_backups_when_using_more_megabytes_than=5000,
-)
+# The config's default cleanup.default_strategy, which include/backup_config.yaml spells out.
+SHIPPED_POLICY = RetentionPolicy.from_settings(RetentionSettings())
 BACKUP_SIZE = 40 * 1024 * 1024  # small enough that the 5000 MB limit does not bite in the example
 SVG_PATH = ROOT / "docs" / "img" / "retention-timeline.svg"
 

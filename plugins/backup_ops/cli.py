@@ -95,7 +95,7 @@ def render_table(statuses: Sequence[DestinationStatus], now: datetime) -> str:
 
 def verify_command(archive: Path, password_env: str) -> str:
     """Verify one archive file; returns the report text, raises BackupError when it is not sound."""
-    from backup_ops.core.archive import verify_archive
+    from backup_ops.core.archive_read import verify_archive
 
     password = os.environ.get(password_env)
     if password is None and sys.stdin.isatty():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -10,19 +11,13 @@ from typing import Any
 import pytest
 import yaml
 
+from backup_ops.core.retention import LARAVEL_BACKUP_DEFAULTS
 from devtools.sample_app import build_sample_app
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery staple"
-# laravel-backup's own default retention, which its cleanup tests (ported here) use.
-LARAVEL_RETENTION = {
-    "keep_all_backups_for_days": 7,
-    "keep_daily_backups_for_days": 16,
-    "keep_weekly_backups_for_weeks": 8,
-    "keep_monthly_backups_for_months": 4,
-    "keep_yearly_backups_for_years": 2,
-    "delete_oldest_backups_when_using_more_megabytes_than": 5000,
-}
+# laravel-backup's own default retention, which its cleanup tests (ported here) use, as config keys.
+LARAVEL_RETENTION = dataclasses.asdict(LARAVEL_BACKUP_DEFAULTS)
 APP_USER, APP_PASSWORD = "invoicing_app", "app-secret-pw"
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backup_ops.core.archive import verify_archive
+from backup_ops.core.archive_read import verify_archive
 from tests.dags.conftest import APP_PASSWORD, APP_USER, PASSWORD, run_backup
 
 

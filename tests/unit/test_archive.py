@@ -23,16 +23,11 @@ import pytest
 import pyzipper
 
 from backup_ops.core import archive as archive_module
-from backup_ops.core.archive import (
-    ArchiveResult,
-    build_archive,
-    is_precompressed,
-    open_member,
-    safe_extract,
-    verify_archive,
-)
+from backup_ops.core.archive import ArchiveResult, build_archive, is_precompressed
+from backup_ops.core.archive_read import open_member, verify_archive
 from backup_ops.core.config import FileSource
 from backup_ops.core.errors import ArchiveError, FileSelectionError, UnsafeArchiveError, VerificationError
+from backup_ops.core.extract import safe_extract
 from backup_ops.core.files import SelectedEntry, select_files
 from backup_ops.core.manifest import MANIFEST_NAME, MemberInfo, build_manifest, manifest_bytes
 from backup_ops.core.models import DumpResult, TableStat

@@ -217,7 +217,7 @@ def build_archive(config: BackupConfig, plan_result: dict[str, Any], dumps: list
     """Zip the dumps, files and manifest into one (encrypted) archive, then verify it end to end."""
     from backup_ops.adapters.secrets import resolve_secret
     from backup_ops.core.archive import build_archive as run_build
-    from backup_ops.core.archive import verify_archive
+    from backup_ops.core.archive_read import verify_archive
     from backup_ops.core.manifest import build_manifest
 
     password = resolve_secret(config.backup.password)
@@ -278,7 +278,7 @@ def tool_versions() -> dict[str, str]:
 def publish(config: BackupConfig, dest: BackupDestination, archive: dict[str, Any]) -> dict[str, Any]:
     """Publish the staged archive to one destination atomically and verify the copy there."""
     from backup_ops.adapters.secrets import resolve_secret
-    from backup_ops.core.archive import verify_archive
+    from backup_ops.core.archive_read import verify_archive
 
     destination = dest.name
     dest.check_reachable()

@@ -1,4 +1,4 @@
-"""The backup archive: build it, verify it, and take it apart safely for a restore.
+"""Building the backup archive: dumps, files and manifest streamed into one zip, hashed as it is written.
 
 Format (laravel-backup compatible): a zip with the database dumps, then the selected files and
 directories, then ``manifest.json``. With a password every file member is WinZip AES encrypted
@@ -7,34 +7,30 @@ Dumps and already-compressed files are stored, everything else deflated.
 
 Everything streams in 1 MiB chunks; memory grows only with the number of members, which the
 zip central directory (and the manifest) must hold anyway. pyzipper is imported inside the
-functions so importing this module stays cheap.
+functions so importing this module stays cheap. Reading an archive back is ``archive_read``;
+taking it apart for a restore is ``extract``.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import logging
 import os
 import stat
-import struct
 import time
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from backup_ops.core.errors import ArchiveError, BackupError, FileSelectionError, UnsafeArchiveError, VerificationError
-from backup_ops.core.fileio import CHUNK_SIZE, fsync_directory, sha256_of_file
+from backup_ops.core.errors import ArchiveError, BackupError, FileSelectionError
+from backup_ops.core.fileio import CHUNK_SIZE, fsync_directory
 from backup_ops.core.files import SelectedEntry
 from backup_ops.core.manifest import (
     EMPTY_SHA256,
     MANIFEST_NAME,
-    MAX_MANIFEST_BYTES,
-    Manifest,
     MemberInfo,
     manifest_bytes,
     member_name_problem,
@@ -42,23 +38,9 @@ from backup_ops.core.manifest import (
 )
 from backup_ops.core.models import DumpResult
 
-__all__ = [
-    "PRECOMPRESSED_SUFFIXES",
-    "ArchiveResult",
-    "MemberInfo",
-    "VerifyResult",
-    "build_archive",
-    "is_precompressed",
-    "open_member",
-    "safe_extract",
-    "verify_archive",
-]
-
 _LOG = logging.getLogger(__name__)
 
 AES_BITS = {"aes128": 128, "aes192": 192, "aes256": 256}
-_AES_STRENGTH = {"aes128": 1, "aes192": 2, "aes256": 3}  # WinZip AE extra field strength codes
-_ZIP_ENCRYPTED_FLAG = 0x1
 _DOS_DIRECTORY_FLAG = 0x10
 
 # Suffixes whose content is already compressed (or encrypted): deflating them again costs CPU
@@ -109,29 +91,6 @@ class ArchiveResult:
     manifest_sha256: str
     members: tuple[MemberInfo, ...]
     skipped: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """A small JSON-able summary (no member list: it can hold millions of entries)."""
-        return {
-            "path": str(self.path),
-            "size": self.size,
-            "sha256": self.sha256,
-            "member_count": self.member_count,
-            "file_count": self.file_count,
-            "file_bytes": self.file_bytes,
-            "manifest_sha256": self.manifest_sha256,
-            "skipped": len(self.skipped),
-        }
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    """What ``verify_archive`` checked."""
-
-    members_checked: int
-    bytes_checked: int
-    manifest: Manifest
-    manifest_sha256: str
 
 
 # ---------------------------------------------------------------------------- building
@@ -474,338 +433,3 @@ def _close_quietly(fd: int) -> None:
 def _remove(path: Path) -> None:
     with suppress(FileNotFoundError):
         os.unlink(path)
-
-
-# ---------------------------------------------------------------------------- reading
-
-
-def _corrupt_errors() -> tuple[type[BaseException], ...]:
-    """What pyzipper and zlib raise on damaged or crafted data."""
-    import pyzipper
-
-    return (pyzipper.BadZipFile, pyzipper.LargeZipFile, zlib.error, EOFError, struct.error, ValueError,
-            NotImplementedError, KeyError, IndexError, OverflowError, UnicodeDecodeError)
-
-
-def _wrong_password(path: Path) -> ArchiveError:
-    return ArchiveError(f"Wrong archive password for {path}: check the backup_archive_password variable "
-                        "(backup.password in the config).")
-
-
-def _no_password(path: Path) -> ArchiveError:
-    return ArchiveError(f"Archive {path} is encrypted but no password was given: set the "
-                        "backup_archive_password variable (backup.password in the config).")
-
-
-@contextmanager
-def _open_zip(path: Path, password: bytes | None) -> Iterator[Any]:
-    import pyzipper
-
-    try:
-        zf = pyzipper.AESZipFile(path)
-    except FileNotFoundError:
-        raise ArchiveError(f"Archive {path} does not exist.") from None
-    except OSError as exc:
-        raise ArchiveError(f"Archive {path} cannot be read: {exc.strerror or exc}.") from exc
-    except _corrupt_errors() as exc:
-        raise VerificationError(f"Archive {path} is not a readable zip file ({exc}): it is truncated or corrupt.") \
-            from exc
-    with zf:
-        if password:
-            zf.setpassword(password)
-        yield zf
-
-
-def _open_info(zf: Any, info: Any, path: Path, password: bytes | None) -> Any:
-    """Open one member for reading, turning password and format problems into clear errors."""
-    if info.flag_bits & _ZIP_ENCRYPTED_FLAG and not password:
-        raise _no_password(path)
-    try:
-        return zf.open(info)
-    except RuntimeError as exc:
-        # pyzipper's only RuntimeErrors on open are about passwords (bad verifier, none given).
-        if password:
-            raise _wrong_password(path) from exc
-        raise _no_password(path) from exc
-    except _corrupt_errors() as exc:
-        raise VerificationError(f"Member {info.filename!r} of archive {path} cannot be read ({exc}): "
-                                "the archive is corrupt.") from exc
-
-
-def _read_chunks(stream: Any, name: str, path: Path) -> Iterator[bytes]:
-    """The member's bytes in chunks; the HMAC (AES) or CRC check runs when the end is reached."""
-    try:
-        while True:
-            chunk = stream.read(CHUNK_SIZE)
-            if not chunk:
-                return
-            yield chunk
-    except _corrupt_errors() as exc:
-        raise VerificationError(f"Member {name!r} of archive {path} failed its integrity check ({exc}): "
-                                "the archive is corrupt or was tampered with.") from exc
-
-
-def verify_archive(
-    path: Path,
-    *,
-    password: bytes | None,
-    expected_sha256: str | None = None,
-    expected_size: int | None = None,
-) -> VerifyResult:
-    """Prove an archive is intact: file size and sha256, manifest, and every member's size and sha256.
-
-    Decrypting each member checks its WinZip AES HMAC, so this also proves the password.
-    Members not in the manifest fail the check, except empty directory entries. Integrity
-    failures raise VerificationError; password and manifest problems raise ArchiveError.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise VerificationError(f"Archive {path} does not exist.") from None
-    except OSError as exc:
-        raise VerificationError(f"Archive {path} cannot be read: {exc.strerror or exc}.") from exc
-    if expected_size is not None and size != expected_size:
-        raise VerificationError(f"Archive {path} is {size} bytes but {expected_size} were written: "
-                                "it is truncated or was replaced.")
-    if expected_sha256 is not None:
-        actual, _ = sha256_of_file(path)
-        if actual != expected_sha256.lower():
-            raise VerificationError(f"Archive {path} has sha256 {actual} but {expected_sha256} was recorded: "
-                                    "it is corrupt or was replaced.")
-    with _open_zip(path, password) as zf:
-        infos = _unique_infos(zf, path, VerificationError)
-        manifest_info = infos.get(MANIFEST_NAME)
-        if manifest_info is None:
-            raise VerificationError(f"Archive {path} has no {MANIFEST_NAME}: it was not written by backup-ops "
-                                    "or is incomplete.")
-        if manifest_info.file_size > MAX_MANIFEST_BYTES:
-            raise VerificationError(f"{MANIFEST_NAME} in {path} is {manifest_info.file_size} bytes, more than the "
-                                    f"{MAX_MANIFEST_BYTES} accepted.")
-        with _open_info(zf, manifest_info, path, password) as stream:
-            manifest_data = b"".join(_read_chunks(stream, MANIFEST_NAME, path))
-        manifest = parse_manifest(manifest_data)
-        expected = manifest.members_by_name()
-        missing = next((name for name in expected if name not in infos), None)
-        if missing is not None:
-            raise VerificationError(f"Member {missing!r} listed in the manifest is missing from archive {path}.")
-        extra = next((n for n in infos if n != MANIFEST_NAME and n not in expected and not n.endswith("/")), None)
-        if extra is not None:
-            raise VerificationError(f"Archive {path} contains {extra!r}, which its manifest does not list: "
-                                    "it was modified after it was written.")
-        strength = _AES_STRENGTH.get(manifest.encryption)
-        checked_bytes = len(manifest_data)
-        for member in manifest.members:
-            info = infos[member.name]
-            if member.is_dir:
-                if info.file_size:
-                    raise VerificationError(f"Directory entry {member.name!r} in {path} has content.")
-                continue
-            if getattr(info, "wz_aes_strength", None) != strength:
-                raise VerificationError(
-                    f"Member {member.name!r} of {path} is not encrypted the way the manifest says "
-                    f"({manifest.encryption}): it was modified after it was written."
-                )
-            checked_bytes += _check_member(zf, info, member.size, member.sha256, path, password)
-    return VerifyResult(
-        members_checked=len(manifest.members) + 1,
-        bytes_checked=checked_bytes,
-        manifest=manifest,
-        manifest_sha256=hashlib.sha256(manifest_data).hexdigest(),
-    )
-
-
-def _unique_infos(zf: Any, path: Path, error: type[BackupError]) -> dict[str, Any]:
-    """The members by name; two entries with one name are refused (readers disagree on which wins)."""
-    infos: dict[str, Any] = {}
-    for info in zf.infolist():
-        if info.filename in infos:
-            raise error(f"Archive {path} contains {info.filename!r} twice: it was modified or crafted.")
-        infos[info.filename] = info
-    return infos
-
-
-def _check_member(zf: Any, info: Any, size: int, sha256: str, path: Path, password: bytes | None) -> int:
-    sha = hashlib.sha256()
-    actual = 0
-    with _open_info(zf, info, path, password) as stream:
-        for chunk in _read_chunks(stream, info.filename, path):
-            sha.update(chunk)
-            actual += len(chunk)
-    if actual != size or sha.hexdigest() != sha256:
-        raise VerificationError(
-            f"Member {info.filename!r} of archive {path} does not match its manifest: {actual} bytes with sha256 "
-            f"{sha.hexdigest()}, expected {size} bytes with sha256 {sha256}."
-        )
-    return actual
-
-
-# ---------------------------------------------------------------------------- restoring
-
-
-@contextmanager
-def open_member(path: Path, name: str, password: bytes | None) -> Iterator[io.RawIOBase]:
-    """Stream one member (e.g. a dump into psql) without extracting it.
-
-    The member is authenticated (AES HMAC or CRC) only when its end is read: a consumer must
-    treat a VerificationError at the end as failure of everything it did with the data (for
-    psql: run it in a single transaction and roll back).
-    """
-    path = Path(path)
-    with _open_zip(path, password) as zf:
-        infos = _unique_infos(zf, path, UnsafeArchiveError)
-        info = infos.get(name)
-        if info is None:
-            raise ArchiveError(f"Archive {path} has no member named {name!r}.")
-        with _open_info(zf, info, path, password) as stream:
-            yield _MemberReader(stream, name, path)
-
-
-class _MemberReader(io.RawIOBase):
-    """A member stream whose integrity failures surface as VerificationError."""
-
-    def __init__(self, stream: Any, name: str, path: Path) -> None:
-        super().__init__()
-        self._stream = stream
-        self._name = name
-        self._path = path
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        try:
-            data: bytes = self._stream.read(-1 if size is None else size)
-        except _corrupt_errors() as exc:
-            raise VerificationError(f"Member {self._name!r} of archive {self._path} failed its integrity check "
-                                    f"({exc}): the archive is corrupt or was tampered with.") from exc
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
-
-
-_THREATS = {
-    stat.S_IFLNK: "a symbolic link (it could point outside the target directory)",
-    stat.S_IFCHR: "a character device node",
-    stat.S_IFBLK: "a block device node",
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFSOCK: "a socket",
-}
-
-
-def safe_extract(
-    path: Path,
-    target_dir: Path,
-    *,
-    password: bytes | None,
-    members: Iterable[str] | None = None,
-    max_total_bytes: int | None = None,
-) -> list[Path]:
-    """Extract regular files and directories into an empty ``target_dir``, refusing anything unsafe.
-
-    Threat model: the archive comes from storage that others can write to, so its names and
-    entry types are hostile. Before anything is written, every entry in the archive (not only
-    the requested ones) is checked and the whole archive is refused with UnsafeArchiveError
-    naming the member and the threat for: absolute paths, drive letters, '..' components
-    (also with backslashes as separators), empty or '.' components, names that are not UTF-8,
-    symbolic links, device nodes, FIFOs and sockets, duplicate names, and a name that is both a
-    file and a directory. Extraction only creates regular files (0600) and directories (0700)
-    with O_EXCL|O_NOFOLLOW below a directory that was empty, so nothing outside it can be
-    reached or overwritten; stored permissions, owners and times are not applied. Member
-    sizes are capped at their recorded size and in total at ``max_total_bytes`` (zip bombs).
-    On error the partly written member is removed; ``target_dir`` may hold earlier members
-    and should be discarded. Returns the paths created, in archive order.
-    """
-    path = Path(path)
-    root = _prepare_target(path, Path(target_dir))
-    with _open_zip(path, password) as zf:
-        infos = _unique_infos(zf, path, UnsafeArchiveError)
-        _refuse_unsafe(infos, path)
-        wanted = list(infos.values())
-        if members is not None:
-            names = list(dict.fromkeys(members))
-            absent = next((n for n in names if n not in infos), None)
-            if absent is not None:
-                raise ArchiveError(f"Archive {path} has no member named {absent!r}.")
-            wanted = [infos[n] for n in names]
-        declared = sum(info.file_size for info in wanted)
-        if max_total_bytes is not None and declared > max_total_bytes:
-            raise UnsafeArchiveError(f"Archive {path} would extract to {declared} bytes, more than the "
-                                     f"{max_total_bytes} allowed (zip bomb or wrong limit).")
-        created: list[Path] = []
-        for info in wanted:
-            dest = os.path.join(root, *info.filename.rstrip("/").split("/"))
-            if info.filename.endswith("/"):
-                os.makedirs(dest, mode=0o700, exist_ok=True)
-            else:
-                os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
-                _extract_file(zf, info, dest, path, password)
-            created.append(Path(dest))
-    return created
-
-
-def _prepare_target(path: Path, target_dir: Path) -> str:
-    if target_dir.exists():
-        if not target_dir.is_dir():
-            raise ArchiveError(f"Cannot extract {path} into {target_dir}: it is not a directory.")
-        with os.scandir(target_dir) as it:
-            if next(it, None) is not None:
-                raise UnsafeArchiveError(
-                    f"Refusing to extract {path} into {target_dir}: the directory is not empty and extracting "
-                    "could overwrite or mix with its files; use a new, empty directory."
-                )
-    else:
-        target_dir.mkdir(mode=0o700, parents=True)
-    return os.path.realpath(target_dir)
-
-
-def _refuse_unsafe(infos: dict[str, Any], path: Path) -> None:
-    files: set[str] = set()
-    directories: set[str] = set()
-    for name, info in infos.items():
-        # pyzipper cuts names at a NUL byte; the original name shows the trick.
-        problem = member_name_problem(name) or member_name_problem(info.orig_filename)
-        if problem is None:
-            kind = stat.S_IFMT(info.external_attr >> 16)
-            if kind in _THREATS:
-                problem = _THREATS[kind]
-            elif kind == stat.S_IFDIR and not name.endswith("/"):
-                problem = "a directory entry without a trailing '/'"
-            elif name.endswith("/") and info.file_size:
-                problem = "a directory entry with content"
-        if problem:
-            raise UnsafeArchiveError(f"Refusing to extract {path}: member {name!r} is {problem}.")
-        bare = name.rstrip("/")
-        if bare in files or (not name.endswith("/") and bare in directories):
-            raise UnsafeArchiveError(f"Refusing to extract {path}: member {name!r} is both a file and a directory "
-                                     "(or is listed twice).")
-        parts = bare.split("/")
-        for i in range(1, len(parts)):
-            parent = "/".join(parts[:i])
-            if parent in files:
-                raise UnsafeArchiveError(f"Refusing to extract {path}: member {name!r} needs {parent!r} to be a "
-                                         "directory, but it is a file.")
-            directories.add(parent)
-        if name.endswith("/"):
-            directories.add(bare)
-        else:
-            files.add(bare)
-
-
-def _extract_file(zf: Any, info: Any, dest: str, path: Path, password: bytes | None) -> None:
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out, _open_info(zf, info, path, password) as stream:
-            written = 0
-            for chunk in _read_chunks(stream, info.filename, path):
-                written += len(chunk)
-                if written > info.file_size:
-                    raise UnsafeArchiveError(f"Refusing to extract {path}: member {info.filename!r} holds more "
-                                             "data than its recorded size (zip bomb).")
-                out.write(chunk)
-    except BaseException:
-        _remove(Path(dest))
-        raise

@@ -138,6 +138,11 @@ class BackupSettings:
 
 @dataclass(frozen=True)
 class RetentionSettings:
+    """``cleanup.default_strategy``, defaulting to the shipped file's values.
+
+    laravel-backup's own defaults are shorter: ``backup_ops.core.retention.LARAVEL_BACKUP_DEFAULTS``.
+    """
+
     keep_all_backups_for_days: int = 7
     keep_daily_backups_for_days: int = 30
     keep_weekly_backups_for_weeks: int = 12

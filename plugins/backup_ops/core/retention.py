@@ -221,6 +221,11 @@ def _join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+LARAVEL_BACKUP_DEFAULTS = RetentionPolicy()
+"""laravel-backup's own ``cleanup.default_strategy`` (RetentionPolicy's field defaults); backup-ops'
+config ships longer ones (``backup_ops.core.config.RetentionSettings``, from the deployment it replaces)."""
+
+
 # ---------------------------------------------------------------------------- periods
 
 
@@ -288,15 +293,6 @@ class CleanupPlan:
     def bytes_kept(self) -> int:
         """Bytes the kept backups still use."""
         return sum(backup.size for backup in self.keep)
-
-    def summary(self) -> dict[str, int]:
-        """Counts and bytes, small enough to return from a task (XCom)."""
-        return {
-            "kept": len(self.keep),
-            "deleted": len(self.delete),
-            "bytes_kept": self.bytes_kept,
-            "bytes_freed": self.bytes_freed,
-        }
 
     def describe_lines(self) -> list[str]:
         """One log line per backup, newest first: ``Keeping <path> (rule: daily 20151225)``."""

@@ -1,0 +1,240 @@
+"""Reading a backup archive back: prove it intact member by member, or stream one member out.
+
+Every reader treats the archive as hostile: names are checked for duplicates, members must match
+the manifest, and pyzipper's and zlib's many error types become one VerificationError sentence.
+pyzipper is imported inside the functions so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backup_ops.core.errors import ArchiveError, BackupError, UnsafeArchiveError, VerificationError
+from backup_ops.core.fileio import CHUNK_SIZE, sha256_of_file
+from backup_ops.core.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, parse_manifest
+
+_AES_STRENGTH = {"aes128": 1, "aes192": 2, "aes256": 3}  # WinZip AE extra field strength codes
+_ZIP_ENCRYPTED_FLAG = 0x1
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What ``verify_archive`` checked."""
+
+    members_checked: int
+    bytes_checked: int
+    manifest: Manifest
+    manifest_sha256: str
+
+
+def _corrupt_errors() -> tuple[type[BaseException], ...]:
+    """What pyzipper and zlib raise on damaged or crafted data."""
+    import pyzipper
+
+    return (pyzipper.BadZipFile, pyzipper.LargeZipFile, zlib.error, EOFError, struct.error, ValueError,
+            NotImplementedError, KeyError, IndexError, OverflowError, UnicodeDecodeError)
+
+
+def _wrong_password(path: Path) -> ArchiveError:
+    return ArchiveError(f"Wrong archive password for {path}: check the backup_archive_password variable "
+                        "(backup.password in the config).")
+
+
+def _no_password(path: Path) -> ArchiveError:
+    return ArchiveError(f"Archive {path} is encrypted but no password was given: set the "
+                        "backup_archive_password variable (backup.password in the config).")
+
+
+@contextmanager
+def open_zip(path: Path, password: bytes | None) -> Iterator[Any]:
+    import pyzipper
+
+    try:
+        zf = pyzipper.AESZipFile(path)
+    except FileNotFoundError:
+        raise ArchiveError(f"Archive {path} does not exist.") from None
+    except OSError as exc:
+        raise ArchiveError(f"Archive {path} cannot be read: {exc.strerror or exc}.") from exc
+    except _corrupt_errors() as exc:
+        raise VerificationError(f"Archive {path} is not a readable zip file ({exc}): it is truncated or corrupt.") \
+            from exc
+    with zf:
+        if password:
+            zf.setpassword(password)
+        yield zf
+
+
+def open_info(zf: Any, info: Any, path: Path, password: bytes | None) -> Any:
+    """Open one member for reading, turning password and format problems into clear errors."""
+    if info.flag_bits & _ZIP_ENCRYPTED_FLAG and not password:
+        raise _no_password(path)
+    try:
+        return zf.open(info)
+    except RuntimeError as exc:
+        # pyzipper's only RuntimeErrors on open are about passwords (bad verifier, none given).
+        if password:
+            raise _wrong_password(path) from exc
+        raise _no_password(path) from exc
+    except _corrupt_errors() as exc:
+        raise VerificationError(f"Member {info.filename!r} of archive {path} cannot be read ({exc}): "
+                                "the archive is corrupt.") from exc
+
+
+def read_chunks(stream: Any, name: str, path: Path) -> Iterator[bytes]:
+    """The member's bytes in chunks; the HMAC (AES) or CRC check runs when the end is reached."""
+    try:
+        while True:
+            chunk = stream.read(CHUNK_SIZE)
+            if not chunk:
+                return
+            yield chunk
+    except _corrupt_errors() as exc:
+        raise VerificationError(f"Member {name!r} of archive {path} failed its integrity check ({exc}): "
+                                "the archive is corrupt or was tampered with.") from exc
+
+
+def verify_archive(
+    path: Path,
+    *,
+    password: bytes | None,
+    expected_sha256: str | None = None,
+    expected_size: int | None = None,
+) -> VerifyResult:
+    """Prove an archive is intact: file size and sha256, manifest, and every member's size and sha256.
+
+    Decrypting each member checks its WinZip AES HMAC, so this also proves the password.
+    Members not in the manifest fail the check, except empty directory entries. Integrity
+    failures raise VerificationError; password and manifest problems raise ArchiveError.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise VerificationError(f"Archive {path} does not exist.") from None
+    except OSError as exc:
+        raise VerificationError(f"Archive {path} cannot be read: {exc.strerror or exc}.") from exc
+    if expected_size is not None and size != expected_size:
+        raise VerificationError(f"Archive {path} is {size} bytes but {expected_size} were written: "
+                                "it is truncated or was replaced.")
+    if expected_sha256 is not None:
+        actual, _ = sha256_of_file(path)
+        if actual != expected_sha256.lower():
+            raise VerificationError(f"Archive {path} has sha256 {actual} but {expected_sha256} was recorded: "
+                                    "it is corrupt or was replaced.")
+    with open_zip(path, password) as zf:
+        infos = unique_infos(zf, path, VerificationError)
+        manifest_info = infos.get(MANIFEST_NAME)
+        if manifest_info is None:
+            raise VerificationError(f"Archive {path} has no {MANIFEST_NAME}: it was not written by backup-ops "
+                                    "or is incomplete.")
+        if manifest_info.file_size > MAX_MANIFEST_BYTES:
+            raise VerificationError(f"{MANIFEST_NAME} in {path} is {manifest_info.file_size} bytes, more than the "
+                                    f"{MAX_MANIFEST_BYTES} accepted.")
+        with open_info(zf, manifest_info, path, password) as stream:
+            manifest_data = b"".join(read_chunks(stream, MANIFEST_NAME, path))
+        manifest = parse_manifest(manifest_data)
+        expected = manifest.members_by_name()
+        missing = next((name for name in expected if name not in infos), None)
+        if missing is not None:
+            raise VerificationError(f"Member {missing!r} listed in the manifest is missing from archive {path}.")
+        extra = next((n for n in infos if n != MANIFEST_NAME and n not in expected and not n.endswith("/")), None)
+        if extra is not None:
+            raise VerificationError(f"Archive {path} contains {extra!r}, which its manifest does not list: "
+                                    "it was modified after it was written.")
+        strength = _AES_STRENGTH.get(manifest.encryption)
+        checked_bytes = len(manifest_data)
+        for member in manifest.members:
+            info = infos[member.name]
+            if member.is_dir:
+                if info.file_size:
+                    raise VerificationError(f"Directory entry {member.name!r} in {path} has content.")
+                continue
+            if getattr(info, "wz_aes_strength", None) != strength:
+                raise VerificationError(
+                    f"Member {member.name!r} of {path} is not encrypted the way the manifest says "
+                    f"({manifest.encryption}): it was modified after it was written."
+                )
+            checked_bytes += _check_member(zf, info, member.size, member.sha256, path, password)
+    return VerifyResult(
+        members_checked=len(manifest.members) + 1,
+        bytes_checked=checked_bytes,
+        manifest=manifest,
+        manifest_sha256=hashlib.sha256(manifest_data).hexdigest(),
+    )
+
+
+def unique_infos(zf: Any, path: Path, error: type[BackupError]) -> dict[str, Any]:
+    """The members by name; two entries with one name are refused (readers disagree on which wins)."""
+    infos: dict[str, Any] = {}
+    for info in zf.infolist():
+        if info.filename in infos:
+            raise error(f"Archive {path} contains {info.filename!r} twice: it was modified or crafted.")
+        infos[info.filename] = info
+    return infos
+
+
+def _check_member(zf: Any, info: Any, size: int, sha256: str, path: Path, password: bytes | None) -> int:
+    sha = hashlib.sha256()
+    actual = 0
+    with open_info(zf, info, path, password) as stream:
+        for chunk in read_chunks(stream, info.filename, path):
+            sha.update(chunk)
+            actual += len(chunk)
+    if actual != size or sha.hexdigest() != sha256:
+        raise VerificationError(
+            f"Member {info.filename!r} of archive {path} does not match its manifest: {actual} bytes with sha256 "
+            f"{sha.hexdigest()}, expected {size} bytes with sha256 {sha256}."
+        )
+    return actual
+
+
+@contextmanager
+def open_member(path: Path, name: str, password: bytes | None) -> Iterator[io.RawIOBase]:
+    """Stream one member (e.g. a dump into psql) without extracting it.
+
+    The member is authenticated (AES HMAC or CRC) only when its end is read: a consumer must
+    treat a VerificationError at the end as failure of everything it did with the data (for
+    psql: run it in a single transaction and roll back).
+    """
+    path = Path(path)
+    with open_zip(path, password) as zf:
+        infos = unique_infos(zf, path, UnsafeArchiveError)
+        info = infos.get(name)
+        if info is None:
+            raise ArchiveError(f"Archive {path} has no member named {name!r}.")
+        with open_info(zf, info, path, password) as stream:
+            yield _MemberReader(stream, name, path)
+
+
+class _MemberReader(io.RawIOBase):
+    """A member stream whose integrity failures surface as VerificationError."""
+
+    def __init__(self, stream: Any, name: str, path: Path) -> None:
+        super().__init__()
+        self._stream = stream
+        self._name = name
+        self._path = path
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            data: bytes = self._stream.read(-1 if size is None else size)
+        except _corrupt_errors() as exc:
+            raise VerificationError(f"Member {self._name!r} of archive {self._path} failed its integrity check "
+                                    f"({exc}): the archive is corrupt or was tampered with.") from exc
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
