@@ -1,29 +1,35 @@
-"""The one configuration file, loaded into typed, validated, immutable models.
-
-The file mirrors laravel-backup's ``config/backup.php`` (see docs/configuration.md). Every
-value is checked here, once, so a bad value fails at DAG parse time with one sentence that
-names the key path, the value received and what is accepted.
-"""
+"""Reading the config file: YAML → validated models, every bad value named with its key path."""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from backup_ops.core.config.model import (
+    BackupConfig,
+    BackupSettings,
+    CleanupSettings,
+    Compression,
+    DatabaseSource,
+    DestinationConfig,
+    DestinationSettings,
+    FileSource,
+    LocalDestinationConfig,
+    MonitorSettings,
+    NotificationSettings,
+    RetentionSettings,
+    S3DestinationConfig,
+    SecretRef,
+)
+from backup_ops.core.config.node import ConfigNode
 from backup_ops.core.errors import ConfigError
 
 CONFIG_ENV = "BACKUP_OPS_CONFIG"
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[3] / "include" / "backup_config.yaml"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[4] / "include" / "backup_config.yaml"
 
-DumpFormat = Literal["plain", "custom"]
-Encryption = Literal["aes256", "aes192", "aes128", "none"]
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # pg_dump options the dump adapter sets itself; letting extra_args override them would
 # silently break consistency (snapshot), the output path, or leak credentials into argv.
 _RESERVED_PG_DUMP_ARGS = (
@@ -32,181 +38,6 @@ _RESERVED_PG_DUMP_ARGS = (
     "-t", "--table", "-T", "--exclude-table",
 )
 _COMPRESSION_LEVELS = {"gzip": (1, 9), "zstd": (1, 22), "lz4": (1, 12)}
-
-
-# ---------------------------------------------------------------------------- models
-
-
-@dataclass(frozen=True)
-class Compression:
-    """How a database dump is compressed: ``none``, or a method and level."""
-
-    method: Literal["none", "gzip", "zstd", "lz4"] = "gzip"
-    level: int = 6
-
-    @property
-    def suffix(self) -> str:
-        """File suffix added after ``.sql`` for plain dumps."""
-        return {"none": "", "gzip": ".gz", "zstd": ".zst", "lz4": ".lz4"}[self.method]
-
-    def __str__(self) -> str:
-        return "none" if self.method == "none" else f"{self.method}:{self.level}"
-
-
-@dataclass(frozen=True)
-class DatabaseSource:
-    """One database to dump, named by its Airflow connection id."""
-
-    conn_id: str
-    format: DumpFormat = "plain"
-    compression: Compression = field(default_factory=Compression)
-    include_tables: tuple[str, ...] = ()
-    exclude_tables: tuple[str, ...] = ()
-    extra_args: tuple[str, ...] = ()
-    timeout: int | None = None
-
-
-@dataclass(frozen=True)
-class FileSource:
-    """Which application files go into the archive (laravel-backup ``source.files``)."""
-
-    include: tuple[Path, ...] = ()
-    exclude: tuple[Path, ...] = ()
-    follow_links: bool = False
-    ignore_unreadable_directories: bool = False
-    relative_path: Path | None = None
-
-
-@dataclass(frozen=True)
-class LocalDestinationConfig:
-    name: str
-    path: Path
-    type: Literal["local"] = "local"
-
-
-@dataclass(frozen=True)
-class S3DestinationConfig:
-    name: str
-    conn_id: str
-    bucket: str
-    prefix: str = ""
-    upload_args: Mapping[str, str] = field(default_factory=dict)
-    part_size_mb: int = 64
-    max_concurrency: int = 4
-    type: Literal["s3"] = "s3"
-
-
-DestinationConfig = LocalDestinationConfig | S3DestinationConfig
-
-
-@dataclass(frozen=True)
-class SecretRef:
-    """Where a secret lives; the file only ever holds the reference."""
-
-    kind: Literal["variable", "env", "connection"]
-    name: str
-
-    def __str__(self) -> str:
-        return f"{{{self.kind}: {self.name}}}"
-
-
-@dataclass(frozen=True)
-class DestinationSettings:
-    destinations: tuple[DestinationConfig, ...]
-    filename_prefix: str = ""
-    compression_level: int = 6
-    continue_on_failure: bool = False
-
-    def names(self) -> list[str]:
-        return [d.name for d in self.destinations]
-
-
-@dataclass(frozen=True)
-class BackupSettings:
-    name: str
-    files: FileSource
-    databases: tuple[DatabaseSource, ...]
-    destination: DestinationSettings
-    staging_directory: Path
-    pg_bin_dir: Path | None = None
-    password: SecretRef | None = None
-    encryption: Encryption = "none"
-    tries: int = 1
-    retry_delay: int = 0
-    schedule: str = "0 2 * * *"
-
-
-@dataclass(frozen=True)
-class RetentionSettings:
-    """``cleanup.default_strategy``, defaulting to the shipped file's values.
-
-    laravel-backup's own defaults are shorter: ``backup_ops.core.retention.LARAVEL_BACKUP_DEFAULTS``.
-    """
-
-    keep_all_backups_for_days: int = 7
-    keep_daily_backups_for_days: int = 30
-    keep_weekly_backups_for_weeks: int = 12
-    keep_monthly_backups_for_months: int = 12
-    keep_yearly_backups_for_years: int = 3
-    delete_oldest_backups_when_using_more_megabytes_than: int | None = 5000
-    min_backups_kept: int = 1
-
-
-@dataclass(frozen=True)
-class CleanupSettings:
-    retention: RetentionSettings = field(default_factory=RetentionSettings)
-    schedule: str = "0 1 * * *"
-    tries: int = 1
-    retry_delay: int = 0
-
-
-@dataclass(frozen=True)
-class MonitorSettings:
-    max_age_days: float = 1.0
-    max_storage_mb: int | None = 5000
-    restore_drill_max_age_days: int | None = 35
-    schedule: str = "0 */6 * * *"
-
-
-@dataclass(frozen=True)
-class NotificationSettings:
-    mail_to: tuple[str, ...] = ()
-    mail_from: str | None = None
-    smtp_conn_id: str = "smtp_default"
-    on_success: bool = False
-    on_failure: bool = True
-
-
-@dataclass(frozen=True)
-class BackupConfig:
-    """The whole validated configuration."""
-
-    backup: BackupSettings
-    cleanup: CleanupSettings
-    monitor: MonitorSettings
-    notifications: NotificationSettings
-    source_path: Path | None = None
-
-    def destination(self, name: str) -> DestinationConfig:
-        """The destination called ``name``; the error lists the valid names."""
-        for dest in self.backup.destination.destinations:
-            if dest.name == name:
-                return dest
-        valid = ", ".join(self.backup.destination.names())
-        raise ConfigError(f"There is no backup destination named {name!r}; configured destinations are: {valid}.")
-
-    def database(self, conn_id: str) -> DatabaseSource:
-        """The database source for ``conn_id``; the error lists the configured ones."""
-        for db in self.backup.databases:
-            if db.conn_id == conn_id:
-                return db
-        valid = ", ".join(d.conn_id for d in self.backup.databases) or "(none)"
-        raise ConfigError(
-            f"There is no database with connection id {conn_id!r} in source.databases; configured: {valid}."
-        )
-
-
-# ---------------------------------------------------------------------------- reading
 
 
 def config_path() -> Path:
@@ -239,7 +70,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> BackupConfig:
 
 def parse_config(raw: Any, base_dir: Path | None = None) -> BackupConfig:
     """Validate a config mapping (as read from YAML) into a BackupConfig."""
-    root = _Node(raw, "", base_dir or Path.cwd())
+    root = ConfigNode(raw, "", base_dir or Path.cwd())
     root.require_mapping()
     root.only_keys({"backup", "cleanup", "monitor", "notifications"})
     return BackupConfig(
@@ -250,7 +81,7 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> BackupConfig:
     )
 
 
-def _parse_backup(node: _Node) -> BackupSettings:
+def _parse_backup(node: ConfigNode) -> BackupSettings:
     node.require_mapping()
     node.only_keys({"name", "source", "destination", "staging_directory", "password", "encryption",
                     "tries", "retry_delay", "schedule"})
@@ -289,7 +120,7 @@ def _parse_backup(node: _Node) -> BackupSettings:
     )
 
 
-def _parse_files(node: _Node) -> FileSource:
+def _parse_files(node: ConfigNode) -> FileSource:
     if not node.present or node.value is None:
         return FileSource()
     node.require_mapping()
@@ -324,7 +155,7 @@ def _parse_files(node: _Node) -> FileSource:
     )
 
 
-def _parse_databases(node: _Node) -> tuple[DatabaseSource, ...]:
+def _parse_databases(node: ConfigNode) -> tuple[DatabaseSource, ...]:
     dbs: list[DatabaseSource] = []
     seen: set[str] = set()
     for item in node.items():
@@ -369,7 +200,7 @@ def _parse_databases(node: _Node) -> tuple[DatabaseSource, ...]:
     return tuple(dbs)
 
 
-def _parse_compression(node: _Node) -> Compression:
+def _parse_compression(node: ConfigNode) -> Compression:
     if not node.present or node.value is None:
         return Compression()
     value = node.value
@@ -392,7 +223,7 @@ def _parse_compression(node: _Node) -> Compression:
     return Compression(method, int(level_text))  # type: ignore[arg-type]
 
 
-def _parse_destination(node: _Node) -> DestinationSettings:
+def _parse_destination(node: ConfigNode) -> DestinationSettings:
     node.require_mapping()
     node.only_keys({"filename_prefix", "compression_level", "continue_on_failure", "destinations"})
     prefix = node.child("filename_prefix").string(default="")
@@ -419,7 +250,7 @@ def _parse_destination(node: _Node) -> DestinationSettings:
     )
 
 
-def _reject_shared_targets(node: _Node, dests: list[DestinationConfig]) -> None:
+def _reject_shared_targets(node: ConfigNode, dests: list[DestinationConfig]) -> None:
     """Two destinations writing to the same place would race each other (and cleanup twice)."""
     seen: dict[str, str] = {}
     for dest in dests:
@@ -433,7 +264,7 @@ def _reject_shared_targets(node: _Node, dests: list[DestinationConfig]) -> None:
         seen[where] = dest.name
 
 
-def _parse_one_destination(item: _Node) -> DestinationConfig:
+def _parse_one_destination(item: ConfigNode) -> DestinationConfig:
     item.require_mapping()
     kind = item.child("type", required=True).choice(("local", "s3"))
     name = item.child("name", required=True).name()
@@ -461,7 +292,7 @@ def _parse_one_destination(item: _Node) -> DestinationConfig:
     )
 
 
-def _parse_secret_ref(node: _Node) -> SecretRef:
+def _parse_secret_ref(node: ConfigNode) -> SecretRef:
     value = node.value
     accepted = "a reference such as {variable: NAME}, {env: NAME} or {connection: ID}, never the secret itself"
     if isinstance(value, str):
@@ -474,7 +305,7 @@ def _parse_secret_ref(node: _Node) -> SecretRef:
     return SecretRef(kind, name.strip())
 
 
-def _parse_cleanup(node: _Node) -> CleanupSettings:
+def _parse_cleanup(node: ConfigNode) -> CleanupSettings:
     if not node.present or node.value is None:
         return CleanupSettings()
     node.require_mapping()
@@ -505,7 +336,7 @@ def _parse_cleanup(node: _Node) -> CleanupSettings:
     )
 
 
-def _parse_monitor(node: _Node) -> MonitorSettings:
+def _parse_monitor(node: ConfigNode) -> MonitorSettings:
     if not node.present or node.value is None:
         return MonitorSettings()
     node.require_mapping()
@@ -521,7 +352,7 @@ def _parse_monitor(node: _Node) -> MonitorSettings:
     )
 
 
-def _parse_notifications(node: _Node) -> NotificationSettings:
+def _parse_notifications(node: ConfigNode) -> NotificationSettings:
     if not node.present or node.value is None:
         return NotificationSettings()
     node.require_mapping()
@@ -548,148 +379,3 @@ def _parse_notifications(node: _Node) -> NotificationSettings:
         on_success=node.child("on_success").boolean(default=False),
         on_failure=node.child("on_failure").boolean(default=True),
     )
-
-
-# ---------------------------------------------------------------------------- validation helpers
-
-
-_MISSING = object()
-
-
-class _Node:
-    """A value in the raw config plus its key path, with typed accessors that fail clearly."""
-
-    def __init__(self, value: Any, path: str, base_dir: Path, present: bool = True) -> None:
-        self.value = value
-        self.path_str = path or "(top level)"
-        self._path = path
-        self.base_dir = base_dir
-        self.present = present
-
-    def fail(self, accepted: str) -> Any:
-        raise ConfigError(f"{self.path_str} must be {accepted}, got {self.value!r}.")
-
-    def require_mapping(self) -> None:
-        if not isinstance(self.value, Mapping):
-            self.fail("a mapping of keys to values")
-
-    def only_keys(self, allowed: set[str]) -> None:
-        unknown = sorted(str(k) for k in self.value if k not in allowed)
-        if unknown:
-            raise ConfigError(
-                f"{self.path_str} has unknown key {unknown[0]!r}; accepted keys are: {', '.join(sorted(allowed))}."
-            )
-
-    def child(self, key: str, required: bool = False) -> _Node:
-        path = f"{self._path}.{key}" if self._path else key
-        if isinstance(self.value, Mapping) and key in self.value:
-            return _Node(self.value[key], path, self.base_dir)
-        if required:
-            raise ConfigError(f"{path} is required but missing.")
-        return _Node(None, path, self.base_dir, present=False)
-
-    def items(self) -> list[_Node]:
-        if not self.present or self.value is None:
-            return []
-        if not isinstance(self.value, list):
-            self.fail("a list")
-        return [_Node(v, f"{self._path}[{i}]", self.base_dir) for i, v in enumerate(self.value)]
-
-    def _default(self, default: Any) -> Any:
-        if default is _MISSING:
-            raise ConfigError(f"{self.path_str} is required but missing.")
-        return default
-
-    def string(self, default: Any = _MISSING) -> str:
-        if not self.present or self.value is None:
-            return self._default(default)  # type: ignore[no-any-return]
-        if not isinstance(self.value, str):
-            self.fail("a string")
-        return _expand_env(self.value, self)
-
-    def name(self, default: Any = _MISSING) -> str:
-        text = self.string(default)
-        if not _NAME_RE.match(text):
-            self.fail("a name of letters, digits, '.', '_' or '-' (1–128 characters, no spaces or '/')")
-        return text
-
-    def string_list(self) -> tuple[str, ...]:
-        result = []
-        for item in self.items():
-            if not isinstance(item.value, str) or not item.value.strip():
-                item.fail("a non-empty string")
-            result.append(item.value.strip())
-        return tuple(result)
-
-    def path(self, default: Any = _MISSING) -> Path:
-        text = self.string(default) if not isinstance(default, Path) or self.present else str(default)
-        if not text.strip():
-            self.fail("a file system path")
-        path = Path(text).expanduser()
-        return path if path.is_absolute() else (self.base_dir / path)
-
-    def optional_path(self) -> Path | None:
-        """A path, or None when the key is absent, null, or empty after ${VAR} expansion."""
-        if not self.present or self.value is None or not self.string().strip():
-            return None
-        return self.path()
-
-    def boolean(self, default: bool) -> bool:
-        if not self.present or self.value is None:
-            return default
-        if not isinstance(self.value, bool):
-            self.fail("true or false")
-        return self.value
-
-    def integer(self, default: Any = _MISSING, minimum: int | None = None, maximum: int | None = None) -> int:
-        if not self.present or self.value is None:
-            return self._default(default)  # type: ignore[no-any-return]
-        value = self.value
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(_range_text("a whole number", minimum, maximum))
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            self.fail(_range_text("a whole number", minimum, maximum))
-        return value
-
-    def number(self, default: float, minimum: float) -> float:
-        if not self.present or self.value is None:
-            return default
-        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or self.value < minimum:
-            self.fail(f"a number of at least {minimum}")
-        return float(self.value)
-
-    def choice(self, choices: Sequence[str], default: Any = _MISSING) -> str:
-        if not self.present or self.value is None:
-            return self._default(default)  # type: ignore[no-any-return]
-        if self.value not in choices:
-            self.fail("one of " + ", ".join(repr(c) for c in choices))
-        return str(self.value)
-
-    def cron(self, default: str) -> str:
-        text = self.string(default)
-        if len(text.split()) != 5 and not text.startswith("@"):
-            self.fail("a five-field cron expression such as '0 2 * * *'")
-        return text
-
-
-def _range_text(kind: str, minimum: int | None, maximum: int | None) -> str:
-    if minimum is not None and maximum is not None:
-        return f"{kind} {minimum}–{maximum}"
-    if minimum is not None:
-        return f"{kind} ≥ {minimum}"
-    return kind
-
-
-def _expand_env(text: str, node: _Node) -> str:
-    """Expand ``${VAR}`` and ``${VAR:-default}`` so one file serves several machines."""
-
-    def replace(match: re.Match[str]) -> str:
-        var, default = match.group(1), match.group(2)
-        if var in os.environ:
-            return os.environ[var]
-        if default is not None:
-            return default
-        raise ConfigError(f"{node.path_str} refers to environment variable {var}, which is not set; "
-                          f"set it or write ${{{var}:-default}}.")
-
-    return _ENV_REF_RE.sub(replace, text)
