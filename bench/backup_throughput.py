@@ -146,7 +146,7 @@ class _DumpLogCapture(logging.Handler):
 def backup_in_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Dump → archive → verify → publish → verify, as backup_daily's tasks call the library; returns timings.
 
-    Mirrors ``operators/backup.py`` (``dump_database``, ``build_archive``, ``publish``) with the
+    Mirrors ``backup_ops/airflow/backup_steps.py`` (``dump_database``, ``build_archive``, ``publish``) with the
     config defaults (plain, gzip:6, aes256, compression_level 6, no files), but without Airflow:
     the connection comes from ``spec`` and tool versions are collected here, because importing
     ``airflow`` only to read its version would put the scheduler's imports in the measurement.

@@ -1,7 +1,7 @@
-"""The steps of ``backup_daily``: each wraps one core call, logs one summary, returns a small dict.
+"""The steps of ``backup_daily``: each wraps one core or adapter call, logs one summary, returns a small dict.
 
-The DAG file turns these functions into tasks; nothing here runs at parse time. Heavy
-imports (pyzipper, psycopg, boto3) happen inside the called core/adapters modules.
+The DAG file turns these functions into tasks and passes each the config it read; nothing here
+runs at parse time. Heavy imports (pyzipper, psycopg, boto3) happen inside the called modules.
 Large data never travels through XCom: dumps and the file listing stay in the run's
 staging directory, and tasks pass paths, sizes and checksums.
 """
