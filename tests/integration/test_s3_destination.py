@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 import requests
 
-from backup_ops.adapters.destinations.s3 import MIB, PART_BUDGET, S3Destination, iam_policy_json, part_size_for
+from backup_ops.adapters.destinations.s3 import S3Destination
+from backup_ops.adapters.destinations.s3.policy import iam_policy_json
+from backup_ops.adapters.destinations.s3.upload import MIB, PART_BUDGET, part_size_for
 from backup_ops.core.config import S3DestinationConfig
 from backup_ops.core.errors import ConfigError, DestinationError, VerificationError
 from backup_ops.core.models import Receipt

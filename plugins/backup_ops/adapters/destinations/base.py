@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import IO
 
 from backup_ops.core.models import BackupFile, Receipt, date_from_archive_name
-from backup_ops.core.models import is_backup_key  # noqa: F401  TEMP until the s3 split lands
 
 RECEIPT_SUFFIX = ".json"
 

@@ -1,0 +1,311 @@
+"""S3Destination: the BackupDestination interface on a bucket, wiring the client, uploads and verification.
+
+Objects live at ``<prefix>/<backup_name>/<file>`` in the bucket; every path this class takes or
+returns is relative to the destination root (without the prefix), exactly as for a local disk.
+Publishing writes the receipt first and the archive last (see upload.py for how the archive
+appears atomically and verify.py for how it is proven to be the bytes published).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING, Any, cast
+
+from backup_ops.adapters.destinations.base import (
+    BackupDestination,
+    PublishedBackup,
+    backup_from_listing,
+    receipt_bytes,
+    receipt_from_bytes,
+    receipt_path,
+    sorted_newest_first,
+)
+from backup_ops.adapters.destinations.s3.bucket import Bucket, client_error, object_size
+from backup_ops.adapters.destinations.s3.policy import receipt_args, validate_upload_args
+from backup_ops.adapters.destinations.s3.upload import (
+    MAX_PART_SIZE,
+    MIB,
+    MIN_PART_SIZE_MB,
+    KeyTaken,
+    Uploader,
+    part_size_for,
+)
+from backup_ops.adapters.destinations.s3.verify import Verifier
+from backup_ops.core.errors import ConfigError, DestinationError, VerificationError
+from backup_ops.core.models import BackupFile, Receipt, is_backup_key
+
+if TYPE_CHECKING:
+    from backup_ops.core.config import S3DestinationConfig
+
+log = logging.getLogger(__name__)
+
+MAX_RECEIPT_BYTES = 1 * MIB
+
+
+class S3Destination(BackupDestination):
+    """Backups under ``s3://<bucket>/<prefix>/<backup_name>/`` through the Amazon provider's S3Hook."""
+
+    kind = "s3"
+
+    def __init__(
+        self,
+        name: str,
+        backup_name: str,
+        *,
+        bucket: str,
+        conn_id: str | None = None,
+        prefix: str = "",
+        upload_args: Mapping[str, Any] | None = None,
+        part_size_mb: int = 64,
+        max_concurrency: int = 4,
+        client: Any = None,
+    ) -> None:
+        super().__init__(name, backup_name)
+        if client is None and not conn_id:
+            raise ConfigError(f"Destination {name}: an S3 destination needs conn_id (an Airflow AWS connection).")
+        if not MIN_PART_SIZE_MB <= part_size_mb <= MAX_PART_SIZE // MIB:
+            raise ConfigError(f"Destination {name}: part_size_mb must be 5–5120 (S3's part size limits), "
+                              f"got {part_size_mb!r}.")
+        if not 1 <= max_concurrency <= 64:
+            raise ConfigError(f"Destination {name}: max_concurrency must be 1–64, got {max_concurrency!r}.")
+        prefix = prefix.strip("/")
+        if prefix and (".." in prefix.split("/") or "//" in prefix):
+            raise ConfigError(f"Destination {name}: prefix must be a plain key prefix like 'backups/prod', "
+                              f"got {prefix!r}.")
+        self.bucket = bucket
+        self.conn_id = conn_id
+        self.prefix = prefix
+        self.part_size_mb = part_size_mb
+        self.max_concurrency = max_concurrency
+        args = validate_upload_args(name, upload_args or {})
+        owner = args.pop("ExpectedBucketOwner", None)
+        self._root = f"{prefix}/" if prefix else ""
+        self._bucket = Bucket(name, bucket, conn_id=conn_id, expected_owner=owner,
+                              max_concurrency=max_concurrency, client=client)
+        self._receipt_args = receipt_args(args)
+        self._uploader = Uploader(self._bucket, args, max_concurrency)
+        self._verifier = Verifier(self, self._bucket)
+
+    @classmethod
+    def from_config(cls, config: S3DestinationConfig, backup_name: str) -> S3Destination:
+        """The destination for one validated ``type: s3`` config entry (no connection lookup yet)."""
+        return cls(
+            config.name,
+            backup_name,
+            bucket=config.bucket,
+            conn_id=config.conn_id,
+            prefix=config.prefix,
+            upload_args=config.upload_args,
+            part_size_mb=config.part_size_mb,
+            max_concurrency=config.max_concurrency,
+        )
+
+    # -- identity
+
+    def location(self, path: str = "") -> str:
+        if not path:
+            return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        return f"s3://{self.bucket}/{self._root}{path}"
+
+    def _object_key(self, path: str) -> str:
+        """Bucket key of a destination path, refusing paths that would leave the backup folder."""
+        pure = PurePosixPath(path)
+        if (path != pure.as_posix() or pure.is_absolute() or ".." in pure.parts or len(pure.parts) < 2
+                or pure.parts[0] != self.backup_name):
+            raise DestinationError(
+                f"Destination {self.name}: {path!r} is not a key below {self.backup_name}/; refusing to touch it."
+            )
+        return self._root + path
+
+    # -- reading
+
+    def check_reachable(self) -> None:
+        try:
+            self._bucket.client.head_bucket(**self._bucket.args)
+        except DestinationError:
+            raise
+        except Exception as exc:
+            code, status, _ = client_error(exc)
+            if status == 404 or code in ("404", "NoSuchBucket"):
+                raise DestinationError(
+                    f"Destination {self.name}: bucket {self.bucket} does not exist at {self._bucket.endpoint}; "
+                    "create it or fix the destination's bucket."
+                ) from exc
+            if status == 301 or code in ("301", "PermanentRedirect"):
+                raise DestinationError(
+                    f"Destination {self.name}: bucket {self.bucket} is in another region than connection "
+                    f"{self.conn_id!r} uses; set region_name in the connection's extra."
+                ) from exc
+            raise DestinationError(
+                f"Destination {self.name}: bucket {self.bucket} is not usable: {self._bucket.explain(exc)}."
+            ) from exc
+
+    def list_backups(self) -> list[BackupFile]:
+        folder = f"{self._root}{self.backup_name}/"
+        found: list[BackupFile] = []
+        try:
+            pages = self._bucket.client.get_paginator("list_objects_v2").paginate(Prefix=folder,
+                                                                                  **self._bucket.args)
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    key = obj["Key"]
+                    if is_backup_key(key):
+                        found.append(backup_from_listing(key[len(self._root):], int(obj["Size"]),
+                                                         obj["LastModified"]))
+        except Exception as exc:
+            self._bucket.raise_failure("listing", folder, exc)
+        return sorted_newest_first(found)
+
+    def open_backup(self, path: str) -> AbstractContextManager[IO[bytes]]:
+        key = self._object_key(path)
+        try:
+            response = self._bucket.client.get_object(Key=key, **self._bucket.args)
+        except Exception as exc:
+            if client_error(exc)[0] in ("NoSuchKey", "404"):
+                raise DestinationError(
+                    f"Destination {self.name}: there is no backup at {self._bucket.url(key)}."
+                ) from exc
+            self._bucket.raise_failure("opening", key, exc)
+        # botocore's StreamingBody is an io.IOBase: readable, closable, usable in a with block.
+        return cast(AbstractContextManager[IO[bytes]], response["Body"])
+
+    def read_receipt(self, path: str) -> Receipt | None:
+        key = self._object_key(receipt_path(path))
+        try:
+            body = self._bucket.client.get_object(Key=key, **self._bucket.args)["Body"]
+            with body:
+                data = body.read(MAX_RECEIPT_BYTES + 1)
+        except Exception as exc:
+            if client_error(exc)[0] in ("NoSuchKey", "404"):
+                return None
+            self._bucket.raise_failure("reading receipt", key, exc)
+        return None if len(data) > MAX_RECEIPT_BYTES else receipt_from_bytes(data)
+
+    # -- writing
+
+    def publish(self, source: Path, file_name: str, receipt: Receipt) -> PublishedBackup:
+        path = self.backup_key(file_name)
+        key = self._object_key(path)
+        started = time.monotonic()
+        try:
+            size = source.stat().st_size
+        except OSError as exc:
+            raise DestinationError(
+                f"Destination {self.name}: cannot read staged archive {source}: {exc.strerror or exc}."
+            ) from exc
+        if size == 0 or size != receipt.size:
+            raise VerificationError(
+                f"Destination {self.name}: staged archive {source} is {size} bytes but its receipt says "
+                f"{receipt.size}; refusing to publish an empty or changed archive."
+            )
+        part_size = part_size_for(size, self.part_size_mb)
+        try:
+            existing = self._bucket.head(key)
+        except Exception as exc:
+            self._bucket.raise_failure("checking", key, exc, "; nothing was published")
+        if existing is not None:
+            return self._already_published(source, path, key, receipt, existing, started)
+
+        self._uploader.abort_stale_uploads(key)
+        receipt_key = receipt_path(key)
+        self._put_receipt(key, receipt)
+        upload_started = time.monotonic()
+        try:
+            sent = self._uploader.upload(source, key, size, part_size, receipt)
+        except KeyTaken:
+            # Another writer completed this key after our HEAD; compare instead of overwriting.
+            taken = self._bucket.head(key)
+            if taken is None:
+                raise DestinationError(
+                    f"Destination {self.name}: {self._bucket.url(key)} was written and removed by someone else "
+                    "while this upload ran; rerun the backup."
+                ) from None
+            try:
+                return self._already_published(source, path, key, receipt, taken, started)
+            except BaseException:
+                self._delete_quietly(receipt_key)  # ours describes other bytes than the object now there
+                raise
+        except BaseException:
+            self._delete_quietly(receipt_key)
+            raise
+        self._verifier.record(key, sent)
+        now = time.monotonic()
+        log.info("Destination %s: published %s (%d bytes, %d parts, upload %.1f s at %.1f MB/s)", self.name,
+                 self.location(path), size, max(1, len(sent.part_digests)), now - upload_started,
+                 size / 1e6 / max(now - upload_started, 1e-6))
+        return PublishedBackup(self.name, path, self.location(path), size, receipt.sha256, now - started)
+
+    def _already_published(self, source: Path, path: str, key: str, receipt: Receipt, head: dict[str, Any],
+                           started: float) -> PublishedBackup:
+        """Accept an existing object only when it provably holds the staged archive's bytes."""
+        location = self.location(path)
+        size = object_size(head)
+        same = False
+        if size == receipt.size:
+            same = self._verifier.existing_matches(source, path, key, receipt, head)
+        if not same:
+            raise DestinationError(
+                f"Destination {self.name}: {location} already exists with different or unverifiable content "
+                f"({size} bytes; the staged archive has {receipt.size}); backup-ops never overwrites an archive, "
+                "so nothing was written."
+            )
+        if self.read_receipt(path) is None:
+            self._put_receipt(key, receipt)
+        log.info("Destination %s: %s is already there with the same content; nothing uploaded", self.name, location)
+        return PublishedBackup(self.name, path, location, size, receipt.sha256, time.monotonic() - started, True)
+
+    def _put_receipt(self, key: str, receipt: Receipt) -> None:
+        receipt_key = receipt_path(key)
+        try:
+            self._bucket.client.put_object(Key=receipt_key, Body=receipt_bytes(receipt),
+                                           ContentType="application/json", ChecksumAlgorithm="SHA256",
+                                           **self._bucket.args, **self._receipt_args)
+        except Exception as exc:
+            self._bucket.raise_failure("writing receipt", receipt_key, exc, "; nothing was published")
+
+    def verify_published(self, published: PublishedBackup) -> None:
+        self._verifier.verify_published(self._object_key(published.path), published)
+
+    def cancel(self) -> None:
+        """Abort the uploads in progress within a few seconds; for a publishing operator's ``on_kill``."""
+        self._uploader.cancel()
+
+    # -- deleting
+
+    def delete_backup(self, path: str) -> None:
+        if not is_backup_key(path):
+            raise DestinationError(f"Destination {self.name}: {path!r} is not a .zip backup; refusing to delete it.")
+        self._delete_pair(self._object_key(path))
+
+    def discard(self, published: PublishedBackup) -> None:
+        """Remove an archive this run published that then failed verification (and its receipt)."""
+        key = self._object_key(published.path)
+        self._verifier.forget(key)
+        self._delete_pair(key)
+
+    def _delete_pair(self, key: str) -> None:
+        """Delete an archive and its receipt in one request; a missing object counts as deleted."""
+        objects = [{"Key": key}, {"Key": receipt_path(key)}]
+        try:
+            response = self._bucket.client.delete_objects(Delete={"Objects": objects, "Quiet": True},
+                                                           **self._bucket.args)
+        except Exception as exc:
+            self._bucket.raise_failure("deleting", key, exc)
+        errors = response.get("Errors") or []
+        if errors:
+            first = errors[0]
+            raise DestinationError(
+                f"Destination {self.name}: deleting s3://{self.bucket}/{first.get('Key')} failed: "
+                f"{first.get('Code')}: {first.get('Message')} ({len(errors)} of 2 objects not deleted)."
+            )
+
+    def _delete_quietly(self, key: str) -> None:
+        try:
+            self._bucket.client.delete_object(Key=key, **self._bucket.args)
+        except Exception as exc:
+            log.warning("Destination %s: could not remove s3://%s/%s after a failed upload: %s", self.name,
+                        self.bucket, key, self._bucket.explain(exc))
