@@ -10,10 +10,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from airflow.sdk import Asset, CronTriggerTimetable, Param, TriggerRule, dag, task
+from airflow.sdk import Asset, CronTriggerTimetable, Param, TriggerRule, dag
 
 from backup_ops.airflow import backup_steps as steps
+from backup_ops.airflow import run_outcome, staging
 from backup_ops.airflow.defaults import task_defaults
+from backup_ops.airflow.fail_fast import step
 from backup_ops.airflow.operators import PublishBackupOperator
 from backup_ops.core.config import load_config
 
@@ -34,7 +36,12 @@ DOC = f"""
    then opened and checked member by member.
 5. **publish** (one task per destination): atomic copy + receipt, then read back and verified.
 6. **finalize**: decides success (see `continue_on_failure`), emits the `{BACKUP_ASSET.name}` asset event.
-7. **remove_staging** (teardown of **prepare_staging**): always runs; deletes this run's staging directory.
+7. **remove_staging** (teardown of **prepare_staging**): always runs; deletes this run's staging directory
+   (a run that did not reach every destination keeps its encrypted archive, so a cleared publish can retry).
+
+Dumps start only after both preflight checks passed, and run in the `{steps.DUMP_POOL}` pool. A
+broken destination never withholds the backup from the healthy ones. Errors a retry cannot fix
+(config, login, missing database, old pg_dump, missing password, name clash) fail at once.
 
 Destinations: {", ".join(CONFIG.backup.destination.names())}. Config: `{CONFIG.source_path}`.
 Runbook: `docs/runbook.md`.
@@ -48,6 +55,7 @@ Runbook: `docs/runbook.md`.
     start_date=datetime(2024, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
+    dagrun_timeout=staging.LONGEST_RUN,
     tags=["backup", "backup-ops", CONFIG.backup.name],
     doc_md=DOC,
     default_args=task_defaults(CONFIG.backup.tries, CONFIG.backup.retry_delay),
@@ -68,31 +76,31 @@ Runbook: `docs/runbook.md`.
     render_template_as_native_obj=True,
 )
 def backup_daily() -> None:
-    @task
+    @step()
     def prepare_staging(dag_run: Any = None) -> str:
-        return steps.prepare_staging(CONFIG, dag_run.dag_id, dag_run.run_id)
+        return staging.prepare_staging(CONFIG, dag_run.dag_id, dag_run.run_id)
 
-    @task(multiple_outputs=True)
+    @step(multiple_outputs=True)
     def plan(staging_dir: str, params: Any = None) -> dict[str, Any]:
         return steps.plan(CONFIG, dict(params), staging_dir)
 
-    @task
+    @step()
     def check_databases(conn_ids: list[str]) -> list[str]:
         return steps.check_databases(CONFIG, conn_ids)
 
-    @task
+    @step()
     def check_destinations(names: list[str]) -> list[str]:
         return steps.check_destinations(CONFIG, names)
 
-    @task(map_index_template="{{ task.op_kwargs['conn_id'] }}")
+    @step(pool=steps.DUMP_POOL, map_index_template="{{ task.op_kwargs['conn_id'] }}")
     def dump_database(conn_id: str, staging_dir: str) -> dict[str, Any]:
         return steps.dump_database(CONFIG, conn_id, staging_dir)
 
-    @task
+    @step()
     def collect_files(staging_dir: str, include_files: bool) -> dict[str, Any]:
         return steps.collect_files(CONFIG, staging_dir, include_files)
 
-    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    @step(trigger_rule=TriggerRule.NONE_FAILED)
     def build_archive(plan_result: dict[str, Any], dumps: Any, files: dict[str, Any],
                       dag_run: Any = None) -> dict[str, Any]:
         run = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id,
@@ -100,36 +108,41 @@ def backup_daily() -> None:
         return steps.build_archive(CONFIG, plan_result, list(dumps or []), files, run)
 
     # Its own failure is the run's summary, already in the notification it sends: not recorded again.
-    @task(trigger_rule=TriggerRule.ALL_DONE, outlets=[BACKUP_ASSET], retries=0, on_failure_callback=None)
+    @step(trigger_rule=TriggerRule.ALL_DONE, outlets=[BACKUP_ASSET], retries=0, on_failure_callback=None)
     def finalize(ti: Any = None, params: Any = None, outlet_events: Any = None) -> dict[str, Any]:
         # Pulled here, not passed as arguments: upstream failures leave XComs missing, and an
         # ALL_DONE task must still run to report them.
         planned_run = ti.xcom_pull(task_ids="plan", default=None)
         count = len(planned_run["destinations"]) if planned_run else 0
         published = ti.xcom_pull(task_ids="publish", map_indexes=list(range(count)), default=None) if count else []
-        summary = steps.finish_run(CONFIG, ti.dag_id, ti.run_id, dict(params or {}), planned_run,
-                                   ti.xcom_pull(task_ids="build_archive", default=None), published)
+        summary = run_outcome.finish_run(CONFIG, ti.dag_id, ti.run_id, dict(params or {}), planned_run,
+                                         ti.xcom_pull(task_ids="build_archive", default=None), published)
         outlet_events[BACKUP_ASSET].extra = summary
         return summary
 
-    @task(retries=0, on_failure_callback=None)
-    def remove_staging(staging_dir: str) -> None:
-        steps.remove_staging(CONFIG, staging_dir)
+    @step(retries=0, on_failure_callback=None)
+    def remove_staging(staging_dir: str, ti: Any = None) -> None:
+        staging.remove_staging(CONFIG, staging_dir, archive=ti.xcom_pull(task_ids="build_archive", default=None),
+                               outcome=ti.xcom_pull(task_ids="finalize", default=None))
 
     # XComArgs are typed Any: TaskFlow's call signatures are not expressible to mypy.
-    staging: Any = prepare_staging()
-    planned: Any = plan(staging)
+    staged: Any = prepare_staging()
+    planned: Any = plan(staged)
     databases: Any = check_databases(planned["databases"])
     destinations: Any = check_destinations(planned["destinations"])
     dumps: Any = dump_database.partial(staging_dir=planned["staging_dir"]).expand(conn_id=databases)
     files: Any = collect_files(planned["staging_dir"], planned["include_files"])
+    # Nothing is read from the database or the disk before both preflight checks passed.
+    destinations >> [dumps, files]
+    databases >> files
     archive: Any = build_archive(planned, dumps, files)
     published: Any = PublishBackupOperator.partial(
         task_id="publish", archive=archive, map_index_template="{{ task.destination }}"
     ).expand(destination=destinations)
     done: Any = finalize()
-    published >> done
-    done >> remove_staging(staging).as_teardown(setups=staging)
+    # finalize reports only when every other task of the run has finished, whatever their states.
+    [planned, databases, destinations, dumps, files, archive, published] >> done
+    done >> remove_staging(staged).as_teardown(setups=staged)
 
 
 backup_daily()

@@ -32,6 +32,7 @@ AIRFLOW_HOME = ROOT / ".airflow_home"
 DEMO_PASSWORD = "backup-ops-demo"  # the archive password, printed so you can open the zip with 7-Zip
 APP_DB, APP_USER, APP_USER_PASSWORD = "invoicing", "invoicing_app", "demo-db-password"
 S3_BUCKET, S3_CONN_ID = "backup-ops-demo", "backup_s3"
+DUMP_POOL = "backup_ops_dumps"  # the pool backup_daily's dumps run in (backup_ops.airflow.backup_steps.DUMP_POOL)
 
 
 def say(text: str = "") -> None:
@@ -53,6 +54,8 @@ def main() -> int:
         say(f"S3-compatible endpoint (moto, in memory) at {s3_url}, bucket {S3_BUCKET!r}")
         env = airflow_env(pg, app_root, s3_url)
         _run(["airflow", "db", "migrate"], env, "airflow-db-migrate.log", "Migrating the Airflow metadata DB")
+        _run(["airflow", "pools", "set", DUMP_POOL, "1", "backup-ops: one pg_dump at a time per database server"],
+             env, "airflow-pools.log", f"Creating the {DUMP_POOL!r} pool (one dump at a time)")
         ok = _run(["airflow", "dags", "test", "backup_daily"], env, "backup_daily.log",
                   "Running backup_daily with `airflow dags test`", show_task_lines=True)
         if not ok:

@@ -73,7 +73,7 @@ def test_unknown_destination_names_the_valid_ones(two_destinations, tmp_path):
         plan(load_config(), {"only_to_destination": "nas"}, str(tmp_path))
 
 
-def test_failed_destination_fails_the_run_without_continue_on_failure(backup_env, s3_endpoint):
+def test_a_broken_destination_fails_the_run_but_the_healthy_one_gets_the_backup(backup_env, s3_endpoint):
     original = update_config(backup_env["config"], destinations=[local_dest(backup_env), s3_dest("no-such-bucket")],
                              continue_on_failure=False)
     before = set(backup_env["backups"].glob("*.zip"))
@@ -81,9 +81,23 @@ def test_failed_destination_fails_the_run_without_continue_on_failure(backup_env
         run, states = run_backup()
     finally:
         backup_env["config"].write_text(original)
+    assert run.state == "failed", "without continue_on_failure a destination that failed fails the run"
+    assert states[("check_destinations", -1)] == "success", "one reachable destination is enough to go ahead"
+    assert states[("publish", 0)] == "success" and states[("publish", 1)] == "failed"
+    assert len(set(backup_env["backups"].glob("*.zip")) - before) == 1, "the healthy destination has the backup"
+    assert states[("finalize", -1)] == "failed"
+
+
+def test_no_dump_starts_when_no_destination_can_take_the_backup(backup_env, s3_endpoint):
+    original = update_config(backup_env["config"], destinations=[s3_dest("no-such-bucket")], continue_on_failure=False)
+    try:
+        run, states = run_backup()
+    finally:
+        backup_env["config"].write_text(original)
     assert run.state == "failed"
     assert states[("check_destinations", -1)] == "failed"
-    assert set(backup_env["backups"].glob("*.zip")) == before, "nothing may be published"
+    assert [state for (task, _), state in states.items() if task == "dump_database"] == ["upstream_failed"]
+    assert states[("collect_files", -1)] == "upstream_failed"
 
 
 def test_continue_on_failure_succeeds_with_one_verified_copy(backup_env, s3_endpoint):
@@ -121,4 +135,5 @@ def test_endpoint_dying_mid_upload_fails_the_run_and_leaves_no_object(backup_env
     client = new_s3_client(s3_endpoint)
     assert client.list_multipart_uploads(Bucket=TEST_BUCKET).get("Uploads", []) == []
     client.close()
-    assert not any(backup_env["staging"].iterdir())
+    left = [p for p in backup_env["staging"].rglob("*") if p.is_file() and ".run-notes" not in p.parts]
+    assert left and all(p.suffix == ".zip" for p in left), f"only staged (encrypted) archives stay: {left}"

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
-import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,11 +21,13 @@ from backup_ops.adapters.destinations.base import BackupDestination
 from backup_ops.adapters.postgres.target import target_from_connection
 from backup_ops.core.config import BackupConfig, LocalDestinationConfig
 from backup_ops.core.errors import BackupError, ConfigError, DestinationError
-from backup_ops.core.models import DumpResult, Receipt, archive_file_name, human_bytes, run_folder_name
+from backup_ops.core.models import DumpResult, Receipt, archive_file_name, human_bytes
 
 log = logging.getLogger(__name__)
 
 FILE_LISTING = "files.jsonl"
+DUMP_POOL = "backup_ops_dumps"
+"""The Airflow pool the dumps run in, so N databases do not all hit one server at once."""
 
 
 def asset_name(backup_name: str) -> str:
@@ -36,21 +36,6 @@ def asset_name(backup_name: str) -> str:
 
 
 # ---------------------------------------------------------------------------- plan
-
-
-def prepare_staging(config: BackupConfig, dag_id: str, run_id: str) -> str:
-    """Create this run's private staging directory (0700) below backup.staging_directory."""
-    root = config.backup.staging_directory
-    staging = root / run_folder_name(dag_id, run_id)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        staging.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(staging, 0o700)
-    except OSError as exc:
-        raise ConfigError(
-            f"backup.staging_directory {root} cannot be used ({exc.strerror}); point it at a writable directory."
-        ) from exc
-    return str(staging)
 
 
 def plan(config: BackupConfig, params: dict[str, Any], staging_dir: str) -> dict[str, Any]:
@@ -127,20 +112,26 @@ def check_databases(config: BackupConfig, conn_ids: list[str]) -> list[str]:
 
 
 def check_destinations(config: BackupConfig, names: list[str]) -> list[str]:
-    """Check every destination is reachable before dumping; all must be, unless continue_on_failure."""
+    """Check the destinations before dumping; fail only when none of them can take the backup.
+
+    A destination that is down now is still published to: its publish task checks again and
+    retries, and the run's outcome (``continue_on_failure``) is decided once every publish is done.
+    A broken destination never withholds the backup from the healthy ones.
+    """
     from backup_ops.adapters.destinations.factory import make_destination
 
-    problems = []
+    problems: list[DestinationError] = []
     for name in names:
         dest = make_destination(config.destination(name), config.backup.name)
         try:
             dest.check_reachable()
             log.info("Destination %s (%s) is reachable", name, dest.location())
         except DestinationError as exc:
-            log.error("%s", exc)
-            problems.append(str(exc))
-    if problems and (not config.backup.destination.continue_on_failure or len(problems) == len(names)):
-        raise DestinationError(problems[0] if len(problems) == 1 else " ".join(problems))
+            log.warning("%s The backup goes ahead; its publish task to %s will try again.", exc, name)
+            problems.append(exc)
+    if problems and len(problems) == len(names):
+        message = str(problems[0]) if len(problems) == 1 else " ".join(str(p) for p in problems)
+        raise DestinationError(message, retryable=any(p.retryable for p in problems))
     return list(names)
 
 
@@ -304,70 +295,3 @@ def publish(config: BackupConfig, dest: BackupDestination, archive: dict[str, An
     )
     return {"destination": destination, "path": published.path, "location": published.location,
             "size": published.size, "sha256": published.sha256}
-
-
-# ---------------------------------------------------------------------------- finish
-
-
-def finish_run(config: BackupConfig, dag_id: str, run_id: str, params: dict[str, Any],
-               plan_result: dict[str, Any] | None, archive: dict[str, Any] | None,
-               published_results: Any) -> dict[str, Any]:
-    """Decide the run's outcome, send its one notification, and return the Asset event's extra."""
-    from backup_ops.adapters.mail import notify_run
-    from backup_ops.airflow.failures import failure_lines, read_failures
-
-    disabled = bool(params.get("disable_notifications"))
-    try:
-        summary = summarize(plan_result, archive, published_results,
-                            continue_on_failure=config.backup.destination.continue_on_failure)
-    except BackupError as exc:
-        causes = failure_lines(read_failures(config, dag_id, run_id))
-        notify_run(config, dag_id=dag_id, run_id=run_id, what="backup", succeeded=False,
-                   details=[*causes, str(exc)], disabled=disabled)
-        raise
-    causes = failure_lines(read_failures(config, dag_id, run_id))
-    details = [f"archive {summary['archive']}: {human_bytes(summary['size'])}, sha256 {summary['sha256']}",
-               *(f"verified copy: {location}" for location in summary["locations"])]
-    if summary["failed_destinations"]:
-        details += ["", "failed destinations (continue_on_failure is set):", *causes]
-    notify_run(config, dag_id=dag_id, run_id=run_id, what="backup", succeeded=not summary["failed_destinations"],
-               details=details, disabled=disabled)
-    return summary
-
-
-def summarize(plan_result: dict[str, Any] | None, archive: dict[str, Any] | None, published_results: Any, *,
-              continue_on_failure: bool) -> dict[str, Any]:
-    """Decide whether the run succeeded given which destinations got a verified copy."""
-    if isinstance(published_results, dict):
-        published_results = [published_results]
-    published: list[dict[str, Any]] = [p for p in (published_results or []) if p]
-    if not plan_result or not archive:
-        raise BackupError("No archive was built, so nothing was published; see the failed task above for the cause.")
-    done = {p["destination"] for p in published}
-    failed = [name for name in plan_result["destinations"] if name not in done]
-    if failed and (not continue_on_failure or not done):
-        raise DestinationError(
-            f"Backup {archive['name']} failed on destination(s) {', '.join(failed)}"
-            + (f" (verified copies exist on {', '.join(sorted(done))})" if done else "")
-            + "; see the publish task logs for each cause."
-        )
-    if failed:
-        log.warning("Backup %s failed on %s; continue_on_failure is set and %s got a verified copy.",
-                    archive["name"], ", ".join(failed), ", ".join(sorted(done)))
-    log.info("Backup %s complete: %s, sha256 %s, on %s", archive["name"], human_bytes(archive["size"]),
-             archive["sha256"], ", ".join(p["location"] for p in published))
-    return {"archive": archive["name"], "size": archive["size"], "sha256": archive["sha256"],
-            "locations": [p["location"] for p in published], "failed_destinations": failed}
-
-
-def remove_staging(config: BackupConfig, staging_dir: str | None) -> None:
-    """Delete the run's staging directory, whatever happened before."""
-    if not staging_dir:
-        return
-    path = Path(staging_dir)
-    root = config.backup.staging_directory
-    if path.parent != root:  # defence in depth: only ever delete a run folder we created
-        raise BackupError(f"Refusing to remove {path}: it is not a run folder below {root}.")
-    if path.exists():
-        shutil.rmtree(path)
-        log.info("Removed staging directory %s", path)

@@ -1,0 +1,128 @@
+"""A run's private staging folder: made by the setup task, emptied by the teardown, swept once its run is over.
+
+Staging holds what is not yet published: plaintext dumps, the file listing and the staged
+archive. The teardown removes it whatever happened, except the (encrypted) archive of a run that
+did not reach every destination: clearing that run's failed publish task then finds it. A worker
+killed mid-run never reaches its teardown, so every new run also removes the folders of runs that
+cannot be running any more: nothing in them changed for longer than the DAG's longest possible
+run (``LONGEST_RUN``, its ``dagrun_timeout``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from backup_ops.airflow.failures import NOTES_DIR
+from backup_ops.core.config import BackupConfig
+from backup_ops.core.errors import BackupError, ConfigError
+from backup_ops.core.models import run_folder_name
+
+log = logging.getLogger(__name__)
+
+LONGEST_RUN = timedelta(hours=23)
+"""backup_daily's ``dagrun_timeout``: a daily backup that needs longer would overlap the next one."""
+STALE_AFTER = LONGEST_RUN + timedelta(hours=1)
+
+
+def prepare_staging(config: BackupConfig, dag_id: str, run_id: str) -> str:
+    """Create this run's private staging folder (0700) and remove the leftovers of runs that are over."""
+    root = config.backup.staging_directory
+    staging = root / run_folder_name(dag_id, run_id)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(staging, 0o700)
+    except OSError as exc:
+        raise ConfigError(
+            f"backup.staging_directory {root} cannot be used ({exc.strerror}); point it at a writable directory."
+        ) from exc
+    sweep_stale_runs(root, dag_id, keep=staging)
+    return str(staging)
+
+
+def sweep_stale_runs(root: Path, dag_id: str, *, keep: Path, now: float | None = None) -> list[Path]:
+    """Remove ``dag_id``'s run folders and failure notes below ``root`` untouched for ``STALE_AFTER``.
+
+    Such a run was killed before its teardown (or kept its archive for a retry that never came);
+    its folder may hold plaintext dumps. Returns what was removed; a folder that cannot be removed
+    is logged and left for the next run.
+    """
+    cutoff = (time.time() if now is None else now) - STALE_AFTER.total_seconds()
+    prefix = run_folder_name(dag_id, "")
+    removed: list[Path] = []
+    candidates = [p for p in _entries(root) if p.name.startswith(prefix) and p != keep]
+    candidates += [p for p in _entries(root / NOTES_DIR) if p.name.startswith(prefix)]
+    for path in candidates:
+        try:
+            if path.is_symlink() or _newest_change(path) >= cutoff:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError as exc:
+            log.warning("Could not remove %s, left over by an earlier run: %s", path, exc.strerror or exc)
+            continue
+        log.warning("Removed %s, left over by an earlier run that ended without its teardown (untouched for over "
+                    "%d hours)", path, STALE_AFTER.total_seconds() // 3600)
+        removed.append(path)
+    return removed
+
+
+def remove_staging(config: BackupConfig, staging_dir: str | None, *, archive: dict[str, Any] | None = None,
+                   outcome: dict[str, Any] | None = None) -> None:
+    """Delete the run's staging folder, keeping the staged ``archive`` unless ``outcome`` says every destination has it.
+
+    ``archive`` is build_archive's result, ``outcome`` finalize's (None when the run failed).
+    """
+    complete = outcome is not None and not outcome.get("failed_destinations")
+    keep_archive = None if complete or not archive else str(archive.get("name") or "")
+    if not staging_dir:
+        return
+    path = Path(staging_dir)
+    root = config.backup.staging_directory
+    if path.parent != root:  # defence in depth: only ever delete a run folder we created
+        raise BackupError(f"Refusing to remove {path}: it is not a run folder below {root}.")
+    if not path.exists():
+        return
+    kept = path / keep_archive if keep_archive and "/" not in keep_archive else None
+    if kept is None or not kept.is_file():
+        shutil.rmtree(path)
+        log.info("Removed staging directory %s", path)
+        return
+    for entry in path.iterdir():
+        if entry == kept:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    log.warning("Kept the staged archive %s: not every destination got a verified copy, so clearing a failed "
+                "publish task can still publish it; the dumps were removed, and a later run removes the archive "
+                "after %d hours.", kept, STALE_AFTER.total_seconds() // 3600)
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def _newest_change(path: Path) -> float:
+    """The latest modification time of ``path`` or anything below it (links are not followed)."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for folder, dirs, files in os.walk(path):
+            for name in (*dirs, *files):
+                try:
+                    newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+                except FileNotFoundError:
+                    continue
+    return newest
