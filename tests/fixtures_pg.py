@@ -3,14 +3,18 @@
 The server is ``devtools.pgserver.EmbeddedPostgres`` (TCP, scram-sha-256, so wrong passwords fail).
 The sample schema is loaded once into a template database; each test gets its own copy made with
 ``CREATE DATABASE ... TEMPLATE``, which is much faster than loading again, and dropped afterwards.
+``hba_rejects`` makes the server's pg_hba.conf refuse one database for the length of a test.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from backup_ops.adapters.postgres.target import PgTarget
 from devtools.pgserver import EmbeddedPostgres
@@ -63,3 +67,48 @@ def app_db_connection(pg_server: EmbeddedPostgres, app_db: str, monkeypatch: pyt
     """Expose ``app_db`` as the Airflow connection ``app_db`` (``AIRFLOW_CONN_APP_DB``); returns the conn id."""
     monkeypatch.setenv(f"AIRFLOW_CONN_{APP_CONN_ID.upper()}", pg_server.conn_uri(app_db))
     return APP_CONN_ID
+
+
+@pytest.fixture
+def hba_rejects(pg_server: EmbeddedPostgres) -> Iterator[Callable[[str], None]]:
+    """Call with a database name to make pg_hba.conf reject every login to it; restored after the test.
+
+    The server writes its own pg_hba.conf (``COPY … TO``, as the superuser) and reloads it, so the
+    test needs no access to the data directory.
+    """
+    with pg_server.connect(autocommit=True) as conn:
+        row = conn.execute("SELECT current_setting('hba_file'), pg_read_file(current_setting('hba_file'))").fetchone()
+    assert row is not None
+    hba_file, original = str(row[0]), str(row[1])
+    rejected: list[str] = []
+
+    def write(text: str) -> None:
+        with pg_server.connect(autocommit=True) as conn:
+            conn.execute(sql.SQL("COPY (SELECT unnest({}::text[])) TO {}").format(sql.Literal(text.splitlines()),
+                                                                          sql.Literal(hba_file)))
+            conn.execute("SELECT pg_reload_conf()")
+
+    def refused(dbname: str) -> bool:
+        try:
+            pg_server.connect(dbname).close()
+        except psycopg.OperationalError as exc:
+            return "rejects connection" in str(exc)
+        return False
+
+    def reject(dbname: str) -> None:
+        rejected.append(dbname)
+        write("".join(f"host {name} all 127.0.0.1/32 reject\n" for name in rejected) + original)
+        _wait_until(lambda: refused(dbname), "pg_hba.conf to reject the login")
+
+    yield reject
+    if rejected:
+        write(original)
+        _wait_until(lambda: not any(refused(name) for name in rejected), "pg_hba.conf to be restored")
+
+
+def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(0.05)

@@ -101,7 +101,7 @@ def test_env_expansion_and_relative_includes(monkeypatch, tmp_path):
         ("backup.source.databases.0", {"conn_id": "x", "include_tables": ["a"], "exclude_tables": ["b"]},
          "backup.source.databases[0]: include_tables and exclude_tables cannot be used together"),
         ("backup.source.databases.0", {"conn_id": "x", "extra_args": ["--file=/tmp/x"]},
-         "backup.source.databases[0].extra_args must not contain --file"),
+         "backup.source.databases[0].extra_args must not contain '--file=/tmp/x', which pg_dump reads as --file"),
         ("backup.source.databases.0", {"conn_id": "x", "timeout": -5},
          "backup.source.databases[0].timeout must be a whole number ≥ 1, got -5."),
         ("backup.source.databases.0", {"conn_id": "x", "colour": "red"},
@@ -203,3 +203,92 @@ def test_round_trip_through_yaml(tmp_path):
     file = tmp_path / "c.yaml"
     file.write_text(yaml.safe_dump(minimal()))
     assert load_config(file).source_path == file
+
+
+# ---------------------------------------------------------------------------- pg_dump extra_args
+
+EXTRA_ARGS_KEY = "backup.source.databases[0].extra_args must not contain"
+
+
+@pytest.mark.parametrize(("extra_args", "argument", "reason"), [
+    (["--file=/tmp/x"], "'--file=/tmp/x', which pg_dump reads as --file", "writes pg_dump's output"),
+    (["-Fc"], "'-Fc', which pg_dump reads as --format", "format key"),
+    (["-F", "c"], "'-F', which pg_dump reads as --format", "format key"),
+    (["-dother"], "'-dother', which pg_dump reads as --dbname", "which database to dump"),
+    (["-vFc"], "'-vFc', which pg_dump reads as --format", "format key"),
+    (["-Z9"], "'-Z9', which pg_dump reads as --compress", "compression key"),
+    (["-fout"], "'-fout', which pg_dump reads as --file", "writes pg_dump's output"),
+    (["-Ot", "invoices"], "'-Ot', which pg_dump reads as --table", "include_tables"),
+    (["--format", "custom"], "'--format', which pg_dump reads as --format", "format key"),
+    (["--form=c"], "'--form=c', which pg_dump reads as --format", "format key"),
+    (["--fil=x"], "'--fil=x', which pg_dump could read as --file or --filter", "writes pg_dump's output"),
+    (["--sna=00000003-1"], "'--sna=00000003-1', which pg_dump reads as --snapshot", "snapshot it exported"),
+    (["--ta=x"], "'--ta=x', which pg_dump could read as --table or --table-and-children", "include_tables"),
+    (["--user=me"], "'--user=me', which pg_dump reads as --username", "who logs in"),
+    (["--ho", "db.example"], "'--ho', which pg_dump reads as --host", "where the server is"),
+    (["-W"], "'-W', which pg_dump reads as --password", "password"),
+    (["-j4"], "'-j4', which pg_dump reads as --jobs", "directory format"),
+    (["--exclude-table", "x"], "'--exclude-table', which pg_dump reads as --exclude-table", "exclude_tables"),
+    (["otherdb"], "'otherdb', which pg_dump reads as the name of the database to dump", "Airflow connection's"),
+    (["--no-comments", "--", "otherdb"], "'otherdb', which pg_dump reads as the name of the database", "--option="),
+    (["--lock-wait-timeout", "5s", "x"], "'x', which pg_dump reads as the name of the database", "--option="),
+    (["-n"], "'-n' without its value, which pg_dump refuses", "--schema=value"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
+def test_extra_args_refuse_every_spelling_of_reserved_options_and_positionals(extra_args, argument, reason):
+    raw = with_value("backup.source.databases.0", {"conn_id": "x", "extra_args": extra_args})
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    message = str(info.value)
+    assert message.startswith(f"{EXTRA_ARGS_KEY} {argument}")
+    assert reason in message and message.count("\n") == 0 and message.endswith(".")
+
+
+@pytest.mark.parametrize("extra_args", [
+    ["--no-comments"], ["-v", "--no-owner"], ["-N", "audit"], ["-Naudit"], ["--schema", "public"],
+    ["--exclude-table-data=invoice_items"], ["--table-and-children=x"], ["--lock-wait-timeout", "5s"],
+    ["-Ox"], ["--statistics"], ["--no-sync"], ["--rows-per-insert=100", "--inserts"],
+])
+def test_extra_args_accept_options_backup_ops_does_not_set(extra_args):
+    source = parse_config(with_value("backup.source.databases.0", {"conn_id": "x", "extra_args": extra_args}))
+    assert source.backup.databases[0].extra_args == tuple(extra_args)
+
+
+# ---------------------------------------------------------------------------- cron schedules
+
+
+@pytest.mark.parametrize("key", ["backup.schedule", "cleanup.schedule", "monitor.schedule"])
+@pytest.mark.parametrize(("value", "why"), [
+    ("61 25 * * *", "the minute field '61' is not valid"),
+    ("0 25 * * *", "the hour field '25' is not valid"),
+    ("0 2 32 * *", "the day-of-month field '32' is not valid"),
+    ("0 2 * 13 *", "the month field '13' is not valid"),
+    ("0 2 * * 8", "the day-of-week field '8' is not valid"),
+    ("0 2 * * mo", "the day-of-week field 'mo' is not valid"),
+    ("0 2 30 2 *", "it never matches a date"),
+    ("@reboot", "'@reboot' is not one of Airflow's presets"),
+    ("0 2 * *", "it has 4 fields, not 5"),
+    ("0 0 2 * * *", "it has 6 fields, not 5"),
+])
+def test_invalid_cron_names_key_value_and_what_is_accepted(key, value, why):
+    section, _ = key.split(".")
+    raw = minimal() if section == "backup" else {**minimal(), section: {}}
+    raw = copy.deepcopy(raw)
+    (raw["backup"] if section == "backup" else raw[section])["schedule"] = value
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    message = str(info.value)
+    assert message.startswith(f"{key} must be a five-field cron expression such as '0 2 * * *'")
+    assert f"got {value!r}" in message and why in message
+    assert "minute 0–59, hour 0–23, day of month 1–31, month 1–12, day of week 0–7" in message
+    assert "@daily" in message and message.count("\n") == 0
+
+
+@pytest.mark.parametrize("value", ["0 2 * * *", "*/15 * * * *", "0 2 * * mon-fri", "0 0 1 jan,jul *",
+                                   "30 4 29 2 *", "0 9 1-7 * 1", "@daily", "@hourly", "@quarterly", "@yearly"])
+def test_valid_cron_expressions_are_kept_as_written(value):
+    raw = copy.deepcopy(minimal())
+    raw["backup"]["schedule"] = value
+    raw["cleanup"] = {"schedule": value}
+    raw["monitor"] = {"schedule": value}
+    config = parse_config(raw)
+    assert config.backup.schedule == config.cleanup.schedule == config.monitor.schedule == value

@@ -12,7 +12,9 @@ matching tables (``--table-and-children``). Older pg_dump selects only the table
 options in ``extra_args`` are honoured the same way: ``-n/--schema``, ``-N/--exclude-schema``,
 ``--exclude-table-data[-and-children]``, ``--table-and-children``,
 ``--exclude-table-and-children``, ``--no-unlogged-table-data``, and the no-data switches
-``-s/--schema-only``, ``--no-data`` and ``--statistics-only``. ``--filter`` is refused.
+``-s/--schema-only``, ``--no-data`` and ``--statistics-only``, in every spelling pg_dump reads
+(bundled, attached, ``=`` or next word; the grammar is ``core.pg_dump_args``'s). ``--filter`` and
+abbreviations of these options are refused.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from backup_ops.adapters.postgres.snapshot import Table
 from backup_ops.core.config import DatabaseSource
 from backup_ops.core.errors import DumpError
+from backup_ops.core.pg_dump_args import parse_pg_dump_args
 
 
 @dataclass
@@ -58,7 +61,7 @@ class TableSelection:
     def _add_option(self, option: str, value: str | None) -> None:
         if option in _NO_DATA_FLAGS:
             self.no_data = True
-        elif option == "--no-unlogged-table-data":
+        elif option == "no-unlogged-table-data":
             self.no_unlogged_data = True
         elif value is not None:
             kind = _SELECTION_OPTIONS[option]
@@ -133,7 +136,7 @@ class _NamePattern:
                 raise DumpError(
                     f"Table pattern {text!r} uses the regular-expression character {ch!r}, which backup-ops does "
                     "not support (row counts must match what pg_dump selects); use * and ? wildcards, or "
-                    "double-quote the name to match it literally."
+                    "double-quote the name to match it literally.", retryable=False,
                 )
             else:
                 parts[-1].append(re.escape(ch.lower() if "A" <= ch <= "Z" else ch))
@@ -141,7 +144,7 @@ class _NamePattern:
         max_parts = 2 if schema_pattern else 3
         if len(parts) > max_parts:
             raise DumpError(f"Pattern {text!r} has too many dotted parts; write [schema.]table for tables "
-                            "or a schema name for schemas.")
+                            "or a schema name for schemas.", retryable=False)
         regexes = [re.compile("(?s:" + ("".join(p) or ".*") + ")") for p in parts]
         if schema_pattern:
             return cls(text, None, regexes[-1])
@@ -158,63 +161,29 @@ class _NamePattern:
         return self.name.fullmatch(schema) is not None
 
 
-# pg_dump options that change which tables' data is dumped, by kind; they take a pattern argument.
+# pg_dump options that change which tables' data is dumped (long names, as parse_pg_dump_args gives
+# every spelling), by kind; they take a pattern argument.
 _SELECTION_OPTIONS = {
-    "-t": "include", "--table": "include", "--table-and-children": "include+",
-    "-T": "exclude", "--exclude-table": "exclude", "--exclude-table-and-children": "exclude+",
-    "--exclude-table-data": "nodata", "--exclude-table-data-and-children": "nodata+",
-    "-n": "schema", "--schema": "schema", "-N": "noschema", "--exclude-schema": "noschema",
+    "table": "include", "table-and-children": "include+",
+    "exclude-table": "exclude", "exclude-table-and-children": "exclude+",
+    "exclude-table-data": "nodata", "exclude-table-data-and-children": "nodata+",
+    "schema": "schema", "exclude-schema": "noschema",
 }
-_NO_DATA_FLAGS = frozenset({"-s", "--schema-only", "--no-data", "--statistics-only"})
-_KNOWN_LONG = frozenset(o for o in (*_SELECTION_OPTIONS, *_NO_DATA_FLAGS, "--no-unlogged-table-data")
-                        if o.startswith("--"))
-# Real pg_dump options that happen to be prefixes of the names above (not abbreviations).
-_PREFIX_LOOKALIKES = frozenset({"--statistics"})
-# Short options of pg_dump that take an argument (from its getopt string), to parse "-nPATTERN".
-_SHORT_WITH_ARG = frozenset("dEefFhjnNpStTUZ")
-_LONG_WITH_ARG = frozenset({
-    "--compress", "--dbname", "--encoding", "--exclude-extension", "--exclude-schema", "--exclude-table",
-    "--exclude-table-and-children", "--exclude-table-data", "--exclude-table-data-and-children", "--extension",
-    "--extra-float-digits", "--file", "--filter", "--format", "--host", "--jobs", "--lock-wait-timeout", "--port",
-    "--role", "--rows-per-insert", "--schema", "--section", "--snapshot", "--superuser", "--sync-method",
-    "--table", "--table-and-children", "--username", "--restrict-key",
-})
+_NO_DATA_FLAGS = frozenset({"schema-only", "no-data", "statistics-only"})
+_MIRRORED = frozenset({*_SELECTION_OPTIONS, *_NO_DATA_FLAGS, "no-unlogged-table-data", "filter"})
 
 
 def _selection_options(args: Sequence[str]) -> Iterator[tuple[str, str | None]]:
-    """Yield (option, value) for the extra_args that affect which table data pg_dump dumps."""
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        if arg.startswith("--"):
-            name, has_value, value = arg.partition("=")
-            if name == "--filter":
-                raise DumpError("extra_args --filter is not supported: backup-ops could not match its row counts to "
-                                "the tables pg_dump selects; use include_tables / exclude_tables instead.")
-            known = name in _KNOWN_LONG
-            # getopt_long accepts unambiguous abbreviations, which would slip past the mirroring.
-            if not known and name not in _PREFIX_LOOKALIKES and len(name) > 2 and any(
-                    o.startswith(name) for o in _KNOWN_LONG):
-                raise DumpError(f"extra_args option {name} is an abbreviation; spell out the full pg_dump option name "
-                                "so backup-ops can tell which tables are dumped.")
-            if name in _LONG_WITH_ARG and not has_value:
-                value = args[i] if i < len(args) else ""
-                i += 1
-                has_value = "="
-            if known:
-                yield name, value if has_value else None
-        elif arg.startswith("-") and len(arg) > 1:
-            # Short options may be bundled ("-Os") and take their argument attached or separately.
-            for pos, letter in enumerate(arg[1:], start=1):
-                option = "-" + letter
-                if letter in _SHORT_WITH_ARG:
-                    value = arg[pos + 1:]
-                    if not value:
-                        value = args[i] if i < len(args) else ""
-                        i += 1
-                    if option in _SELECTION_OPTIONS:
-                        yield option, value
-                    break
-                if option in _NO_DATA_FLAGS:
-                    yield option, None
+    """Yield (long option name, value) for the extra_args that affect which table data pg_dump dumps."""
+    for arg in parse_pg_dump_args(args):
+        if arg.option == "filter":
+            raise DumpError("extra_args --filter is not supported: backup-ops could not match its row counts to "
+                            "the tables pg_dump selects; use include_tables / exclude_tables instead.",
+                            retryable=False)
+        # getopt_long accepts abbreviations; mirroring them would depend on pg_dump's exact option list.
+        if (arg.abbreviated or len(arg.candidates) > 1) and _MIRRORED.intersection(arg.candidates):
+            raise DumpError(f"extra_args option {arg.written.partition('=')[0]} is an abbreviation; spell out the "
+                            "full pg_dump option name so backup-ops can tell which tables are dumped.",
+                            retryable=False)
+        if arg.option in _MIRRORED:
+            yield arg.option, arg.value

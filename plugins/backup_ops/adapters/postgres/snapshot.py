@@ -89,7 +89,7 @@ class SnapshotSession:
             self.snapshot_id = str(row[0]) if row else ""
         except psycopg.Error as exc:
             self.close()
-            detail = redact(str(exc).strip(), target.password)
+            detail = redact(str(exc).strip(), *target.secrets)
             raise DumpError(f"Could not export a snapshot from {self._who} ({detail}); a consistent dump needs "
                             "pg_export_snapshot(), check the server's logs.") from None
         self.server_version = conn.info.parameter_status("server_version") or str(conn.info.server_version)
@@ -173,7 +173,9 @@ class SnapshotSession:
                 if not self._cancelled.is_set():
                     self._count_error = DumpError(
                         f"Counting the rows of {table.schema}.{table.name} in {self._who} failed: "
-                        f"{str(exc).strip()}; the backup login needs SELECT on every table it dumps."
+                        f"{str(exc).strip()}; the backup login needs SELECT on every table it dumps.",
+                        # A missing grant stays missing on the next try; a dropped connection may not.
+                        retryable=not isinstance(exc, psycopg.errors.InsufficientPrivilege),
                     )
                 return
             except BaseException as exc:  # re-raised in the calling thread by finish_counting

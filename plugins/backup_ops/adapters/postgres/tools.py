@@ -1,7 +1,10 @@
 """The PostgreSQL client tools (pg_dump, pg_restore, psql): where they are, which version, how they run.
 
 pg_dump must be the server's major version or newer. The tools run with the worker's environment
-minus the libpq variables that could point them at another server or log them in differently.
+minus the libpq variables that could point them at another server or log them in differently,
+and minus Airflow's connections and variables (``AIRFLOW_CONN_*``, ``AIRFLOW_VAR_*``). A missing
+or broken tool, or a pg_dump older than the server, is not retryable: the next attempt would find
+the same binaries.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ from typing import IO
 
 from backup_ops.core.errors import DumpError
 
-# libpq variables a worker may legitimately set for TLS/GSS; every other PG* variable is dropped
-# from pg_dump's environment so it cannot redirect the dump or supply a different password.
+# libpq variables a worker may legitimately set for TLS/GSS, and where service files are (inert
+# unless the connection names a service); every other PG* variable is dropped from pg_dump's
+# environment so it cannot redirect the dump or supply a different password.
 _INHERITED_PG_VARS = frozenset({
     "PGSSLMODE", "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY", "PGSSLCRL", "PGSSLCRLDIR", "PGSSLSNI",
     "PGSSLCERTMODE", "PGSSLNEGOTIATION", "PGSSLMINPROTOCOLVERSION", "PGSSLMAXPROTOCOLVERSION",
     "PGREQUIRESSL", "PGGSSENCMODE", "PGGSSLIB", "PGKRBSRVNAME", "PGCHANNELBINDING", "PGREQUIREAUTH",
-    "PGREQUIREPEER",
+    "PGREQUIREPEER", "PGSERVICEFILE", "PGSYSCONFDIR",
 })
+_AIRFLOW_SECRET_VARS = ("AIRFLOW_CONN_", "AIRFLOW_VAR_")
 
 
 def pg_tool(name: str, pg_bin_dir: Path | None) -> Path:
@@ -33,13 +38,15 @@ def pg_tool(name: str, pg_bin_dir: Path | None) -> Path:
             return path
         raise DumpError(
             f"{name} was not found or is not executable in {pg_bin_dir} (backup.source.pg_bin_dir); point "
-            "pg_bin_dir at the bin directory of a PostgreSQL client, e.g. /usr/lib/postgresql/17/bin."
+            "pg_bin_dir at the bin directory of a PostgreSQL client, e.g. /usr/lib/postgresql/17/bin.",
+            retryable=False,
         )
     found = shutil.which(name)
     if found is None:
         raise DumpError(
             f"{name} is not on PATH; install the PostgreSQL client tools (major version at least the "
-            "server's) or set backup.source.pg_bin_dir to their bin directory."
+            "server's) or set backup.source.pg_bin_dir to their bin directory.",
+            retryable=False,
         )
     return Path(found)
 
@@ -50,13 +57,13 @@ def tool_version(tool: Path) -> tuple[str, int]:
         proc = subprocess.run([str(tool), "--version"], capture_output=True, text=True, timeout=30, check=False,
                               env=clean_env())
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise DumpError(f"Could not run {tool} --version ({exc}); check that it is a working PostgreSQL client.") \
-            from exc
+        raise DumpError(f"Could not run {tool} --version ({exc}); check that it is a working PostgreSQL client.",
+                        retryable=isinstance(exc, subprocess.TimeoutExpired)) from exc
     first_line = proc.stdout.strip().splitlines()[0] if proc.stdout.strip() else ""
     match = re.search(r"\(PostgreSQL\)\s+((\d+)\S*(?:\s.*)?)$", first_line)
     if proc.returncode != 0 or match is None:
         raise DumpError(f"{tool} --version printed {proc.stdout.strip()[:200]!r} (exit {proc.returncode}); "
-                        "it does not look like PostgreSQL's pg_dump. Check backup.source.pg_bin_dir.")
+                        "it does not look like PostgreSQL's pg_dump. Check backup.source.pg_bin_dir.", retryable=False)
     return match.group(1).strip(), int(match.group(2))
 
 
@@ -66,13 +73,19 @@ def check_versions(server_num: int, server: str, major: int, version: str, who: 
     if server_major > major:
         raise DumpError(
             f"pg_dump {version} cannot dump {who}, which runs PostgreSQL {server}: pg_dump must be the server's "
-            f"major version or newer; set backup.source.pg_bin_dir to a PostgreSQL {server_major} (or newer) client."
+            f"major version or newer; set backup.source.pg_bin_dir to a PostgreSQL {server_major} (or newer) client.",
+            retryable=False,
         )
 
 
 def clean_env() -> dict[str, str]:
-    """The worker's environment without libpq variables that could redirect or authenticate pg_dump."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("PG") or k in _INHERITED_PG_VARS}
+    """The worker's environment without libpq variables that could redirect or authenticate pg_dump.
+
+    Airflow connections and variables given as environment variables (``AIRFLOW_CONN_*``,
+    ``AIRFLOW_VAR_*``) hold other secrets that the client tools never need; they are dropped too.
+    """
+    return {k: v for k, v in os.environ.items()
+            if (not k.startswith("PG") or k in _INHERITED_PG_VARS) and not k.startswith(_AIRFLOW_SECRET_VARS)}
 
 
 def read_tail(handle: IO[bytes], limit: int) -> str:

@@ -26,17 +26,11 @@ from backup_ops.core.config.model import (
 )
 from backup_ops.core.config.node import ConfigNode
 from backup_ops.core.errors import ConfigError
+from backup_ops.core.pg_dump_args import extra_args_problem
 
 CONFIG_ENV = "BACKUP_OPS_CONFIG"
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[4] / "include" / "backup_config.yaml"
 
-# pg_dump options the dump adapter sets itself; letting extra_args override them would
-# silently break consistency (snapshot), the output path, or leak credentials into argv.
-_RESERVED_PG_DUMP_ARGS = (
-    "-f", "--file", "-F", "--format", "-Z", "--compress", "--snapshot", "-d", "--dbname",
-    "-h", "--host", "-p", "--port", "-U", "--username", "-W", "--password", "-j", "--jobs",
-    "-t", "--table", "-T", "--exclude-table",
-)
 _COMPRESSION_LEVELS = {"gzip": (1, 9), "zstd": (1, 22), "lz4": (1, 12)}
 
 
@@ -124,7 +118,8 @@ def _parse_files(node: ConfigNode) -> FileSource:
     if not node.present or node.value is None:
         return FileSource()
     node.require_mapping()
-    node.only_keys({"include", "exclude", "follow_links", "ignore_unreadable_directories", "relative_path"})
+    node.only_keys({"include", "exclude", "follow_links", "ignore_unreadable_directories", "relative_path",
+                    "fail_on"})
     relative_path = node.child("relative_path").optional_path()
     anchor = relative_path or node.base_dir
 
@@ -152,7 +147,25 @@ def _parse_files(node: ConfigNode) -> FileSource:
         follow_links=node.child("follow_links").boolean(default=False),
         ignore_unreadable_directories=node.child("ignore_unreadable_directories").boolean(default=False),
         relative_path=relative_path,
+        fail_on=_parse_fail_on(node.child("fail_on")),
     )
+
+
+def _parse_fail_on(node: ConfigNode) -> tuple[str, ...]:
+    """``source.files.fail_on``: the skip reasons that fail the run (absent or null: the default)."""
+    from backup_ops.core.models import FAILABLE_SKIP_REASONS
+
+    if not node.present or node.value is None:
+        return FileSource().fail_on
+    reasons: list[str] = []
+    for item in node.items():
+        if item.value == "unreadable_directory":
+            raise ConfigError(
+                f"{item.path_str} is 'unreadable_directory', which is set by ignore_unreadable_directories "
+                "(false, the default, fails the run on an unreadable directory); remove it from fail_on."
+            )
+        reasons.append(item.choice(FAILABLE_SKIP_REASONS))
+    return tuple(dict.fromkeys(reasons))
 
 
 def _parse_databases(node: ConfigNode) -> tuple[DatabaseSource, ...]:
@@ -174,13 +187,10 @@ def _parse_databases(node: ConfigNode) -> tuple[DatabaseSource, ...]:
                     f"{item.path_str}: include_tables and exclude_tables cannot be used together; keep one of them."
                 )
             extra = item.child("extra_args").string_list()
-            for arg in extra:
-                flag = arg.split("=", 1)[0]
-                if flag in _RESERVED_PG_DUMP_ARGS:
-                    raise ConfigError(
-                        f"{item.path_str}.extra_args must not contain {flag} (backup-ops sets it itself); "
-                        "use the format, compression, include_tables or exclude_tables keys instead."
-                    )
+            # Every spelling of the options backup-ops sets itself, and positional arguments (another database).
+            problem = extra_args_problem(extra)
+            if problem is not None:
+                raise ConfigError(f"{item.path_str}.extra_args must not contain {problem}.")
             timeout_node = item.child("timeout")
             dbs.append(
                 DatabaseSource(

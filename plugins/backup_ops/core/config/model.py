@@ -44,13 +44,18 @@ class DatabaseSource:
 
 @dataclass(frozen=True)
 class FileSource:
-    """Which application files go into the archive (laravel-backup ``source.files``)."""
+    """Which application files go into the archive (laravel-backup ``source.files``).
+
+    ``fail_on`` lists the skip reasons (``backup_ops.core.models.SKIP_REASONS`` codes) that fail
+    the run instead of being recorded in the manifest as a warning.
+    """
 
     include: tuple[Path, ...] = ()
     exclude: tuple[Path, ...] = ()
     follow_links: bool = False
     ignore_unreadable_directories: bool = False
     relative_path: Path | None = None
+    fail_on: tuple[str, ...] = ("unreadable",)
 
 
 @dataclass(frozen=True)

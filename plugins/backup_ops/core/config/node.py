@@ -125,10 +125,56 @@ class ConfigNode:
         return str(self.value)
 
     def cron(self, default: str) -> str:
+        """A schedule that Airflow's CronTriggerTimetable accepts, checked with its own parser (croniter)."""
         text = self.string(default)
-        if len(text.split()) != 5 and not text.startswith("@"):
-            self.fail("a five-field cron expression such as '0 2 * * *'")
+        problem = _cron_problem(text)
+        if problem is not None:
+            raise ConfigError(f"{self.path_str} must be {_CRON_ACCEPTED}, got {text!r}: {problem}.")
         return text
+
+
+# CronTriggerTimetable replaces these presets before croniter reads the expression
+# (airflow.sdk.definitions.timetables._cron.CRON_PRESETS); croniter alone knows other ones.
+_CRON_PRESETS = {
+    "@hourly": "0 * * * *", "@daily": "0 0 * * *", "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *",
+    "@quarterly": "0 0 1 */3 *", "@yearly": "0 0 1 1 *",
+}
+_CRON_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
+_CRON_ACCEPTED = (
+    "a five-field cron expression such as '0 2 * * *' (minute 0–59, hour 0–23, day of month 1–31, month 1–12, "
+    "day of week 0–7 or sun–sat; each a value, *, a range a-b, a list a,b or a step */n, in UTC) or one of "
+    "Airflow's presets " + ", ".join(_CRON_PRESETS)
+)
+
+
+def _cron_problem(text: str) -> str | None:
+    """Why Airflow would refuse ``text`` as a cron schedule, or None."""
+    # Lazy: croniter is Airflow's cron parser; DAG files that reach this have already imported it.
+    from datetime import datetime
+
+    from croniter import CroniterBadDateError, CroniterError, croniter
+
+    if text.startswith("@"):
+        return None if text in _CRON_PRESETS else f"{text!r} is not one of Airflow's presets"
+    fields = text.split()
+    if len(fields) != 5:
+        return f"it has {len(fields)} fields, not 5"
+    try:
+        croniter(text)
+    except CroniterError:
+        for position, name in enumerate(_CRON_FIELDS):
+            alone = ["*"] * 5
+            alone[position] = fields[position]
+            try:
+                croniter(" ".join(alone))
+            except CroniterError:
+                return f"the {name} field {fields[position]!r} is not valid"
+        return "croniter does not accept the combination of its fields"
+    try:
+        croniter(text, datetime(2000, 1, 1)).get_next(datetime)  # a fixed start: the answer must not depend on now
+    except CroniterBadDateError:
+        return "it never matches a date"
+    return None
 
 
 def _range_text(kind: str, minimum: int | None, maximum: int | None) -> str:
