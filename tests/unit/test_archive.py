@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import random
+import socket
 import stat
 import struct
 import subprocess
@@ -22,15 +23,25 @@ from typing import Any
 import pytest
 import pyzipper
 
+from backup_ops.airflow import backup_steps as steps
+from backup_ops.airflow.staging import prepare_staging
 from backup_ops.core import archive as archive_module
+from backup_ops.core import archive_source
 from backup_ops.core.archive import ArchiveResult, build_archive, is_precompressed
-from backup_ops.core.archive_read import open_member, verify_archive
-from backup_ops.core.config import FileSource
-from backup_ops.core.errors import ArchiveError, FileSelectionError, UnsafeArchiveError, VerificationError
+from backup_ops.core.archive_read import open_member, password_source_of, verify_archive
+from backup_ops.core.config import BackupConfig, FileSource, SecretRef, parse_config
+from backup_ops.core.errors import (
+    ArchiveError,
+    BackupError,
+    FileSelectionError,
+    UnsafeArchiveError,
+    VerificationError,
+)
 from backup_ops.core.extract import safe_extract
 from backup_ops.core.files import SelectedEntry, select_files
 from backup_ops.core.manifest import MANIFEST_NAME, MemberInfo, build_manifest, manifest_bytes
-from backup_ops.core.models import DumpResult, TableStat
+from backup_ops.core.models import DumpResult, SkippedFile, TableStat
+from tests.unit.test_files import run_unprivileged, world_reachable_tmp
 
 PASSWORD = b"Zm9vYmFyYmF6cXV4IGEgaGlnaC1lbnRyb3B5IHBhc3N3b3Jk"
 STRENGTH = {"aes128": 1, "aes192": 2, "aes256": 3, "none": None}
@@ -82,11 +93,12 @@ def build(
     target: Path,
     *,
     dumps: list[DumpResult],
-    files: Iterable[SelectedEntry],
+    files: Iterable[SelectedEntry | SkippedFile],
     password: bytes | None = PASSWORD,
     encryption: str = "aes256",
     level: int = 6,
     make_manifest: Callable[[list[MemberInfo]], dict[str, Any]] | None = None,
+    fail_on: tuple[str, ...] = ("unreadable",),
 ) -> ArchiveResult:
     def default_manifest(members: list[MemberInfo]) -> dict[str, Any]:
         return build_manifest(
@@ -96,7 +108,7 @@ def build(
         )
 
     return build_archive(target, dumps=dumps, files=files, password=password, encryption=encryption,
-                         compression_level=level, make_manifest=make_manifest or default_manifest)
+                         compression_level=level, make_manifest=make_manifest or default_manifest, fail_on=fail_on)
 
 
 @pytest.fixture
@@ -258,15 +270,45 @@ def test_compression_level_is_validated(level: Any, staging: Path) -> None:
 
 def test_wrong_or_missing_password_is_a_clear_error(archive: tuple[Path, ArchiveResult], tmp_path: Path) -> None:
     target, _ = archive
-    with pytest.raises(ArchiveError, match=f"Wrong archive password for {target}: check the backup_archive_password"):
+    with pytest.raises(ArchiveError) as info:
         verify_archive(target, password=b"wrong")
-    with pytest.raises(ArchiveError, match="encrypted but no password was given"):
+    assert str(info.value) == f"Wrong archive password for {target}: check backup.password in the config."
+    with pytest.raises(ArchiveError) as info:
         verify_archive(target, password=None)
+    assert str(info.value) == (f"Archive {target} is encrypted but no password was given: "
+                               "set backup.password in the config.")
     with pytest.raises(ArchiveError, match="Wrong archive password"):
         safe_extract(target, tmp_path / "out", password=b"wrong")
     with pytest.raises(ArchiveError, match="Wrong archive password"), \
             open_member(target, "db-dumps/postgresql-app.sql.gz", b"wrong"):
         pass
+
+
+def test_password_errors_name_where_the_password_came_from(archive: tuple[Path, ArchiveResult]) -> None:
+    target, _ = archive
+    source = "the environment variable RESTORE_PW (--password-env)"
+    with pytest.raises(ArchiveError) as info:
+        verify_archive(target, password=b"wrong", password_source=source)
+    assert str(info.value) == f"Wrong archive password for {target}: check {source}."
+    with pytest.raises(ArchiveError) as info:
+        verify_archive(target, password=None, password_source=source)
+    assert str(info.value) == f"Archive {target} is encrypted but no password was given: set {source}."
+    with pytest.raises(ArchiveError) as info, \
+            open_member(target, "db-dumps/postgresql-app.sql.gz", b"wrong", password_source=source):
+        pass
+    assert str(info.value) == f"Wrong archive password for {target}: check {source}."
+
+
+@pytest.mark.parametrize(("ref", "phrase"), [
+    (SecretRef("variable", "backup_archive_password"),
+     "the Airflow variable backup_archive_password (backup.password in the config)"),
+    (SecretRef("env", "ARCHIVE_PW"), "the worker's environment variable ARCHIVE_PW (backup.password in the config)"),
+    (SecretRef("connection", "archive"),
+     "the password of the Airflow connection archive (backup.password in the config)"),
+    (None, "backup.password in the config"),
+])
+def test_password_source_of_a_config_reference(ref: SecretRef | None, phrase: str) -> None:
+    assert password_source_of(ref) == phrase
 
 
 # ---------------------------------------------------------------------------- compression
@@ -459,14 +501,14 @@ def test_read_error_mid_file_removes_partial_file(
                 raise OSError(errno.EIO, "Input/output error")
             return b"x" * 1000
 
-    real_open = archive_module._open_regular
+    real_open = archive_source.ListedFileOpener.open
 
-    def open_regular(path: Path) -> Any:
-        if path.name == "laravel.log":
-            return FailingStream(), os.stat(path)
-        return real_open(path)
+    def open_listed(self: Any, entry: SelectedEntry) -> Any:
+        if entry.path.name == "laravel.log":
+            return FailingStream(), os.stat(entry.path)
+        return real_open(self, entry)
 
-    monkeypatch.setattr(archive_module, "_open_regular", open_regular)
+    monkeypatch.setattr(archive_source.ListedFileOpener, "open", open_listed)
     target = staging / "partial.zip"
     with pytest.raises(ArchiveError, match="laravel.log failed mid-way: Input/output error"):
         build(target, dumps=[make_dump(staging)], files=entries_of(source))
@@ -557,6 +599,55 @@ def test_full_disk_gives_the_staging_hint_and_leaves_nothing(
     assert list(mount.iterdir()) == []
 
 
+def _cut_points(path: Path) -> list[tuple[str, int]]:
+    """Byte offsets inside each part of a built archive: headers, data, data descriptors, central directory."""
+    with pyzipper.AESZipFile(path) as zf:
+        members, start_dir = zf.infolist(), zf.start_dir
+    big = max(members, key=lambda i: i.compress_size)
+    last_file = [i for i in members if not i.filename.endswith("/")][-2]  # the last file before the manifest
+    manifest = members[-1]
+    points = [("first byte", 0), (f"{big.filename} local header", big.header_offset + 10),
+              (f"{big.filename} data", data_offset(path, big.filename) + big.compress_size // 2)]
+    for info in (big, last_file, manifest):
+        end_of_data = data_offset(path, info.filename) + info.compress_size
+        points.append((f"{info.filename} data descriptor", end_of_data + 6))
+    points += [(f"{manifest.filename} data", data_offset(path, manifest.filename) + 20),
+               ("central directory", start_dir + 10), ("end of central directory", path.stat().st_size - 5)]
+    return points
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT], ids=["ENOSPC", "EDQUOT"])
+def test_disk_full_at_any_moment_of_the_build_names_the_staging_directory(
+    code: int, source: Path, staging: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stored member of several chunks: its small header is buffered, then flushed before a big direct write.
+    dump = make_dump(staging, b"\x1f\x8b" + os.urandom(2 * archive_module.CHUNK_SIZE + 100))
+    reference = build(staging / "reference.zip", dumps=[dump], files=entries_of(source))
+    out = staging / "out"
+    out.mkdir()
+    target = out / "2026-03-01-02-00-00.zip"
+    expected = (f"No space left on device while writing archive {target} to staging directory {out}: "
+                "free space or point backup.staging_directory elsewhere.")
+    real_write = os.write
+    for where, cut in _cut_points(reference.path):
+        budget = {"left": cut}
+
+        def write(fd: int, data: Any, budget: dict[str, int] = budget) -> int:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(target):  # the disk fills up after ``cut`` bytes
+                if budget["left"] <= 0:
+                    raise OSError(code, os.strerror(code))
+                data = bytes(data)[: budget["left"]]
+                budget["left"] -= len(data)
+            return real_write(fd, data)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "write", write)
+            with pytest.raises(ArchiveError) as info:
+                build(target, dumps=[dump], files=entries_of(source))
+        assert str(info.value) == expected, where
+        assert list(out.iterdir()) == [], where
+
+
 # ---------------------------------------------------------------------------- files that move under us
 
 
@@ -586,15 +677,24 @@ class _Interfering(io.RawIOBase):
 
 def _while_reading(monkeypatch: pytest.MonkeyPatch, victim: Path, action: Callable[[], None]) -> None:
     """Run ``action`` (another process touching the file) after each chunk the archive reads from ``victim``."""
-    real_open = archive_module._open_regular
+    real_open = archive_source.ListedFileOpener.open
 
-    def open_regular(path: Path) -> Any:
-        stream, st = real_open(path)
-        if path == victim:
+    def open_listed(self: Any, entry: SelectedEntry) -> Any:
+        opened = real_open(self, entry)
+        if entry.path == victim and not isinstance(opened, SkippedFile):
+            stream, st = opened
             return _Interfering(stream, action), st
-        return stream, st
+        return opened
 
-    monkeypatch.setattr(archive_module, "_open_regular", open_regular)
+    monkeypatch.setattr(archive_source.ListedFileOpener, "open", open_listed)
+
+
+def skips(result: ArchiveResult) -> list[tuple[str, str]]:
+    return [(s.name, s.reason) for s in result.skipped]
+
+
+def manifest_skips(target: Path) -> list[tuple[str, str, str]]:
+    return [(s.name, s.reason, s.detail) for s in verify_archive(target, password=PASSWORD).manifest.skipped]
 
 
 def test_file_growing_while_read_holds_the_size_seen_at_open(
@@ -617,6 +717,10 @@ def test_file_growing_while_read_holds_the_size_seen_at_open(
     assert (member.size, member.sha256) == (len(original), hashlib.sha256(original).hexdigest())
     assert any("changed while it was being archived" in m for m in caplog.messages)
     verify_archive(target, password=PASSWORD, expected_sha256=result.sha256)
+    # Archived as read, and the manifest says the copy may be torn.
+    assert skips(result) == [("app/storage/logs/laravel.log", "changed")]
+    ((_, _, detail),) = manifest_skips(target)
+    assert f"the archive holds the {len(original)} bytes read" in detail
 
 
 def test_file_shrinking_while_read_records_the_bytes_written(
@@ -635,24 +739,281 @@ def test_file_shrinking_while_read_records_the_bytes_written(
     assert (member.size, member.sha256) == (len(expected), hashlib.sha256(expected).hexdigest())
     assert any("the archive holds the 1048576 bytes read" in m for m in caplog.messages)
     verify_archive(target, password=PASSWORD, expected_sha256=result.sha256)
+    assert skips(result) == [("app/storage/logs/laravel.log", "changed")]
 
 
-def test_file_removed_after_selection_is_skipped(source: Path, staging: Path) -> None:
+def test_file_changed_while_read_fails_the_run_when_fail_on_lists_changed(
+    source: Path, staging: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_file = source / "storage/logs/laravel.log"
+    entries = entries_of(source)
+    _while_reading(monkeypatch, log_file, lambda: log_file.write_bytes(b"rotated\n"))
+    target = staging / "changed.zip"
+    with pytest.raises(FileSelectionError) as info:
+        build(target, dumps=[], files=entries, fail_on=("changed",))
+    message = str(info.value)
+    assert message.startswith(f"File {log_file} changed while it was being archived")
+    assert "backup.source.files.fail_on lists 'changed'" in message
+    assert not target.exists()
+
+
+def test_file_removed_after_selection_is_skipped_and_recorded(source: Path, staging: Path) -> None:
     entries = entries_of(source)
     (source / ".env").unlink()
     target = staging / "gone.zip"
     result = build(target, dumps=[], files=entries)
-    assert result.skipped == (str(source / ".env"),)
+    assert skips(result) == [("app/.env", "vanished")]
+    assert result.skipped[0].path == str(source / ".env")
+    assert result.skipped_counts == {"vanished": 1}
     assert "app/.env" not in {m.name for m in result.members}
-    verify_archive(target, password=PASSWORD)
+    assert manifest_skips(target) == [("app/.env", "vanished", "was removed after it was listed")]
 
 
 def test_file_replaced_by_fifo_after_selection_is_skipped_without_hanging(source: Path, staging: Path) -> None:
     entries = entries_of(source)
     (source / ".env").unlink()
     os.mkfifo(source / ".env")
-    result = build(staging / "fifo.zip", dumps=[], files=entries)
-    assert result.skipped == (str(source / ".env"),)
+    target = staging / "fifo.zip"
+    result = build(target, dumps=[], files=entries)
+    assert skips(result) == [("app/.env", "replaced")]
+    assert manifest_skips(target) == [("app/.env", "replaced", "is now a FIFO")]
+
+
+def test_file_swapped_for_a_symbolic_link_is_not_followed(source: Path, staging: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:$6$secret-hash:19000:0:99999:7:::\n")
+    entries = entries_of(source)
+    (source / ".env").unlink()
+    (source / ".env").symlink_to(secret)  # an application user swaps a file it owns for a link
+    target = staging / "swap.zip"
+    result = build(target, dumps=[], files=entries)
+    assert "app/.env" not in {m.name for m in result.members}
+    assert manifest_skips(target) == [("app/.env", "replaced", "was replaced by a symbolic link after it was listed")]
+    out = tmp_path / "out"
+    safe_extract(target, out, password=PASSWORD)
+    assert not any(b"secret-hash" in (data or b"") for data in tree_bytes(out).values())
+
+
+def test_parent_directory_swapped_for_a_link_is_not_followed(source: Path, staging: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir()
+    (elsewhere / "laravel.log").write_bytes(b"not the listed file\n")
+    entries = entries_of(source)
+    logs = source / "storage/logs"
+    logs.rename(tmp_path / "old-logs")
+    logs.symlink_to(elsewhere)  # same name below, a different directory
+    target = staging / "parent.zip"
+    result = build(target, dumps=[], files=entries)
+    assert skips(result) == [("app/storage/logs/laravel.log", "replaced")]
+    assert "app/storage/logs/laravel.log" not in {m.name for m in result.members}
+    (skip,) = manifest_skips(target)
+    assert skip[2] == "is in a directory that was replaced after it was listed"
+
+
+def test_file_replaced_by_another_file_is_not_archived_in_its_place(source: Path, staging: Path) -> None:
+    entries = entries_of(source)
+    (source / "intruder").write_bytes(b"APP_KEY=attacker\n")
+    os.replace(source / "intruder", source / ".env")  # same name, another inode
+    target = staging / "replaced.zip"
+    result = build(target, dumps=[], files=entries)
+    assert skips(result) == [("app/.env", "replaced")]
+    assert manifest_skips(target)[0][2] == "was replaced by another file after it was listed"
+
+
+def test_file_turned_into_a_directory_is_skipped(source: Path, staging: Path) -> None:
+    entries = entries_of(source)
+    (source / ".env").unlink()
+    (source / ".env").mkdir()
+    result = build(staging / "dir.zip", dumps=[], files=entries)
+    assert [(s.name, s.reason, s.detail) for s in result.skipped] == [("app/.env", "replaced", "is now a directory")]
+
+
+def test_skipped_reason_in_fail_on_fails_the_build_and_removes_the_partial_file(source: Path, staging: Path) -> None:
+    entries = entries_of(source)
+    (source / ".env").unlink()
+    target = staging / "strict.zip"
+    with pytest.raises(FileSelectionError) as info:
+        build(target, dumps=[make_dump(staging)], files=entries, fail_on=("vanished", "unreadable"))
+    assert str(info.value).startswith(f"File {source / '.env'} was removed after it was listed, and "
+                                      "backup.source.files.fail_on lists 'vanished': ")
+    assert "or remove 'vanished' from backup.source.files.fail_on" in str(info.value)
+    assert not target.exists()
+
+
+def test_skips_found_at_listing_time_reach_the_manifest(source: Path, staging: Path) -> None:
+    os.mkfifo(source / "queue.fifo")
+    stream = list(select_files(FileSource(include=(source,), relative_path=source.parent)))
+    assert [(s.name, s.reason) for s in stream if isinstance(s, SkippedFile)] == [("app/queue.fifo", "fifo")]
+    target = staging / "listed.zip"
+    result = build(target, dumps=[], files=stream)
+    assert skips(result) == [("app/queue.fifo", "fifo")]
+    assert manifest_skips(target) == [("app/queue.fifo", "fifo", "is a FIFO")]
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    with world_reachable_tmp() as path:
+        yield path
+
+
+def _build_as_nobody(shared_tmp: Path, fail_on: tuple[str, ...]) -> dict[str, Any]:
+    """List as root, then build as nobody: a listed file has become unreadable (EACCES at open)."""
+    source = shared_tmp / "app"
+    source.mkdir(mode=0o755)
+    (source / "a.txt").write_bytes(b"a\n")
+    (source / ".env").write_bytes(b"APP_KEY=secret\n")
+    entries = entries_of(source)
+    (source / ".env").chmod(0o600)  # root's file: nobody cannot open it
+    out = shared_tmp / "staging"
+    out.mkdir()
+    out.chmod(0o777)
+
+    def run() -> dict[str, Any]:
+        result = build(out / "x.zip", dumps=[], files=entries, fail_on=fail_on)
+        return {"skipped": [[s.name, s.reason, s.detail] for s in result.skipped],
+                "members": [m.name for m in result.members]}
+
+    outcome = run_unprivileged(run)
+    outcome["exists"] = (out / "x.zip").exists()
+    return outcome
+
+
+def test_file_unreadable_at_archive_time_fails_by_default(shared_tmp: Path) -> None:
+    outcome = _build_as_nobody(shared_tmp, ("unreadable",))
+    assert outcome.get("error") == "FileSelectionError", outcome
+    assert outcome["message"].startswith(f"File {shared_tmp / 'app/.env'} is not readable by this process (uid "
+                                         "65534), and backup.source.files.fail_on lists 'unreadable': ")
+    assert not outcome["exists"]
+
+
+def test_file_unreadable_at_archive_time_is_recorded_when_allowed(shared_tmp: Path) -> None:
+    outcome = _build_as_nobody(shared_tmp, ())
+    assert outcome["value"]["skipped"] == [["app/.env", "unreadable", "is not readable by this process (uid 65534)"]]
+    assert "app/.env" not in outcome["value"]["members"] and "app/a.txt" in outcome["value"]["members"]
+    assert outcome["exists"]
+
+
+def test_links_followed_on_purpose_are_still_archived(source: Path, staging: Path, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "u1.jpg").write_bytes(b"jpg")
+    (source / "public/uploads").symlink_to(shared)  # follow_links: a linked directory
+    (tmp_path / "current.env").symlink_to(source / ".env")  # an include that is itself a link
+    entries = list(select_files(FileSource(include=(source, tmp_path / "current.env"), relative_path=tmp_path,
+                                           follow_links=True)))
+    result = build(staging / "links.zip", dumps=[], files=entries)
+    names = {m.name for m in result.members}
+    assert {"app/public/uploads/u1.jpg", "current.env"} <= names
+    assert result.skipped == ()
+
+
+def test_file_in_a_search_only_directory_is_archived(shared_tmp: Path) -> None:
+    locked = shared_tmp / "etc-app"
+    locked.mkdir()
+    (locked / "app.conf").write_bytes(b"key=value\n")
+    locked.chmod(0o711)  # nobody may reach the file but not list the directory
+    out = shared_tmp / "staging"
+    out.mkdir()
+    out.chmod(0o777)
+
+    def run() -> dict[str, Any]:
+        entries = list(select_files(FileSource(include=(locked / "app.conf",), relative_path=shared_tmp)))
+        result = build(out / "x.zip", dumps=[], files=entries)
+        return {"members": [m.name for m in result.members], "skipped": [s.name for s in result.skipped]}
+
+    outcome = run_unprivileged(run)
+    assert outcome.get("value") == {"members": ["etc-app/app.conf"], "skipped": []}, outcome
+
+
+# ---------------------------------------------------------------------------- the build_archive step
+
+PASSWORD_ENV = "BACKUP_OPS_TEST_ARCHIVE_PASSWORD"
+RUN = {"dag_id": "backup_daily", "run_id": "manual__2026-03-01T02:00:00+00:00"}
+
+
+@pytest.fixture
+def step_plan(source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[BackupConfig, dict[str, Any]]:
+    """A config and ``plan`` result for the steps, as ``backup_daily`` passes them (password from the env)."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD.decode())
+    config = parse_config({"backup": {
+        "name": "my-app",
+        "source": {"files": {"include": [str(source)], "relative_path": str(source.parent)}},
+        "destination": {"destinations": [{"name": "local", "type": "local", "path": str(tmp_path / "backups")}]},
+        "staging_directory": str(tmp_path / "staging-root"),
+        "password": {"env": PASSWORD_ENV},
+        "encryption": "aes256",
+    }})
+    staging_dir = prepare_staging(config, RUN["dag_id"], RUN["run_id"])
+    return config, {"staging_dir": staging_dir, "archive_name": "2026-03-01-02-00-00.zip",
+                    "created_at": "2026-03-01T02:00:00+00:00", "databases": [], "include_files": True,
+                    "destinations": ["local"]}
+
+
+def test_build_archive_step_can_be_retried_after_a_failed_or_killed_attempt(
+    step_plan: tuple[BackupConfig, dict[str, Any]],
+) -> None:
+    config, plan_result = step_plan
+    staging_dir = Path(plan_result["staging_dir"])
+    files = steps.collect_files(config, str(staging_dir), True)
+    first = steps.build_archive(config, plan_result, [], files, RUN)
+    # A retry after the attempt failed verification: the archive it built is still there.
+    second = steps.build_archive(config, plan_result, [], files, RUN)
+    assert second["path"] == first["path"]
+    verify_archive(Path(second["path"]), password=PASSWORD, expected_sha256=second["sha256"],
+                   expected_size=second["size"])
+    # A retry after the worker was killed mid-write: a partial zip is left behind.
+    Path(second["path"]).write_bytes(b"PK\x03\x04 partial")
+    third = steps.build_archive(config, plan_result, [], files, RUN)
+    verify_archive(Path(third["path"]), password=PASSWORD, expected_sha256=third["sha256"],
+                   expected_size=third["size"])
+    assert sorted(p.name for p in staging_dir.iterdir()) == ["2026-03-01-02-00-00.zip", steps.FILE_LISTING]
+
+
+def test_build_archive_step_removes_nothing_outside_its_run_folder(
+    step_plan: tuple[BackupConfig, dict[str, Any]], tmp_path: Path
+) -> None:
+    config, plan_result = step_plan
+    files = steps.collect_files(config, plan_result["staging_dir"], True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    precious = elsewhere / plan_result["archive_name"]
+    precious.write_bytes(b"not this run's archive")
+    with pytest.raises(BackupError, match="not this run's staging folder"):
+        steps.build_archive(config, {**plan_result, "staging_dir": str(elsewhere)}, [], files, RUN)
+    assert precious.read_bytes() == b"not this run's archive"
+
+
+def test_build_archive_step_reports_every_skipped_file(
+    step_plan: tuple[BackupConfig, dict[str, Any]], source: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config, plan_result = step_plan
+    os.mkfifo(source / "queue.fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(source / "app.sock"))
+    with open(os.path.join(os.fsencode(source), b"caf\xe9.txt"), "wb") as f:  # a Latin-1 name
+        f.write(b"uploaded on an old system")
+    try:
+        with caplog.at_level(logging.INFO, logger="backup_ops"):
+            files = steps.collect_files(config, plan_result["staging_dir"], True)
+    finally:
+        sock.close()
+    assert files["skipped"] == {"bad_name": 1, "fifo": 1, "socket": 1}
+    # Between the two tasks: one file vanishes, one is swapped for a link to a file outside the tree.
+    (source / ".env").unlink()
+    (source / "public/logo.PNG").unlink()
+    (source / "public/logo.PNG").symlink_to("/etc/passwd")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="backup_ops"):
+        result = steps.build_archive(config, plan_result, [], files, RUN)
+    assert result["skipped"] == {"bad_name": 1, "fifo": 1, "replaced": 1, "socket": 1, "vanished": 1}
+    built = next(m for m in caplog.messages if m.startswith("Built "))
+    assert "5 files skipped (1 bad_name, 1 fifo, 1 replaced, 1 socket, 1 vanished)" in built
+    manifest = verify_archive(Path(result["path"]), password=PASSWORD).manifest
+    assert sorted((s.name, s.reason) for s in manifest.skipped) == [
+        ("app/.env", "vanished"), ("app/app.sock", "socket"), ("app/caf\\xe9.txt", "bad_name"),
+        ("app/public/logo.PNG", "replaced"), ("app/queue.fifo", "fifo"),
+    ]
+    assert "app/public/logo.PNG" not in {m.name for m in manifest.members}
 
 
 # ---------------------------------------------------------------------------- streaming a member

@@ -11,15 +11,17 @@ import socket
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from backup_ops.core import files as files_module
-from backup_ops.core.config import FileSource
-from backup_ops.core.errors import FileSelectionError
+from backup_ops.core.config import FileSource, parse_config
+from backup_ops.core.errors import ConfigError, FileSelectionError
 from backup_ops.core.files import SelectedEntry, select_files
+from backup_ops.core.models import SkippedFile
 
 NOBODY = 65534
 
@@ -59,7 +61,11 @@ def names(entries: list[SelectedEntry]) -> list[str]:
 
 
 def select(source: FileSource, **kwargs: Any) -> list[SelectedEntry]:
-    return list(select_files(source, **kwargs))
+    return [e for e in select_files(source, **kwargs) if isinstance(e, SelectedEntry)]
+
+
+def skipped(source: FileSource, **kwargs: Any) -> list[tuple[str, str, str]]:
+    return [(s.name, s.reason, s.detail) for s in select_files(source, **kwargs) if isinstance(s, SkippedFile)]
 
 
 class TestWalk:
@@ -82,6 +88,26 @@ class TestWalk:
             app / "artisan", False, len("#!/usr/bin/env php"), 1_600_000_000, 0o750)
         directory = next(e for e in select(FileSource(include=(app,), relative_path=app)) if e.arcname == "app")
         assert directory.is_dir and directory.size == 0 and directory.member_name == "app/"
+
+    def test_entries_carry_the_identity_of_the_file_and_of_its_directory(self, app: Path, tmp_path: Path) -> None:
+        (app / "storage/current.log").symlink_to(app / "storage/logs/laravel.log")
+        entries = {e.arcname: e for e in select(FileSource(include=(app, tmp_path / "app/.env"), relative_path=app,
+                                                            follow_links=True))}
+        user, logs = app / "app/Models/User.php", app / "storage/logs"
+        assert entries["app/Models/User.php"].file_id == (user.stat().st_dev, user.stat().st_ino)
+        parent = (app / "app/Models").stat()
+        assert entries["app/Models/User.php"].parent_id == (parent.st_dev, parent.st_ino)
+        assert entries[".env"].parent_id == (app.stat().st_dev, app.stat().st_ino)
+        linked = entries["storage/current.log"]
+        assert linked.via_link and linked.file_id == ((logs / "laravel.log").stat().st_dev,
+                                                      (logs / "laravel.log").stat().st_ino)
+        assert not entries["app/Models/User.php"].via_link
+
+    def test_entries_round_trip_through_the_listing_format(self, app: Path) -> None:
+        for entry in select(FileSource(include=(app,), relative_path=app, follow_links=True)):
+            assert SelectedEntry.from_dict(json.loads(json.dumps(entry.to_dict()))) == entry
+        old_line = {"path": str(app / ".env"), "arcname": ".env", "is_dir": False, "size": 8, "mtime": 1.0, "mode": 420}
+        assert SelectedEntry.from_dict(old_line).file_id is None  # a listing written before identities existed
 
     def test_without_relative_path_names_are_absolute_minus_slash(self, app: Path) -> None:
         entries = select(FileSource(include=(app / "app",)))
@@ -138,24 +164,49 @@ class TestWalk:
         assert names(entries) == ["artisan"]
         assert f"Include path {missing} does not exist, skipping." in caplog.messages
 
-    def test_name_restore_would_refuse_is_skipped_with_warning(
+    def test_name_restore_would_refuse_is_skipped_and_recorded(
         self, app: Path, caplog: pytest.LogCaptureFixture
     ) -> None:
         (app / "app" / "..\\..\\evil").write_text("x")
         (app / "app" / "back\\slash").write_text("fine on POSIX")
+        source = FileSource(include=(app / "app",), relative_path=app)
         with caplog.at_level(logging.WARNING, logger="backup_ops.core.files"):
-            result = names(select(FileSource(include=(app / "app",), relative_path=app)))
+            result = names(select(source))
         assert "app/back\\slash" in result
         assert not any("evil" in n for n in result)
         assert any("evil" in m and "restore refuses" in m for m in caplog.messages)
+        assert skipped(source) == [("app/..\\..\\evil", "bad_name", "has a '..' component with backslash used as "
+                                    "separator (path traversal), which restore refuses")]
 
-    def test_non_utf8_name_is_skipped_with_warning(self, app: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def test_non_utf8_name_is_skipped_and_recorded_under_a_printable_name(
+        self, app: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
         with open(os.path.join(os.fsencode(app / "app"), b"bad\xff"), "w") as f:
             f.write("x")
+        os.mkdir(os.path.join(os.fsencode(app / "app"), b"dir\xe9"))
+        with open(os.path.join(os.fsencode(app / "app"), b"dir\xe9", b"inside"), "w") as f:
+            f.write("x")
+        source = FileSource(include=(app / "app",), relative_path=app)
         with caplog.at_level(logging.WARNING, logger="backup_ops.core.files"):
-            result = names(select(FileSource(include=(app / "app",), relative_path=app)))
+            result = names(select(source))
         assert result == ["app/", "app/Http/", "app/Models/", "app/Models/User.php"]
         assert any("not valid UTF-8" in m for m in caplog.messages)
+        assert skipped(source) == [
+            ("app/bad\\xff", "bad_name", "has a name that is not valid UTF-8, which restore refuses"),
+            ("app/dir\\xe9/", "bad_name", "has a name that is not valid UTF-8, which restore refuses; nothing below "
+                                         "it was backed up"),
+        ]
+        json.dumps([s.to_dict() for s in select_files(source) if isinstance(s, SkippedFile)]).encode("utf-8")
+
+    def test_bad_names_fail_the_selection_when_fail_on_lists_them(self, app: Path) -> None:
+        with open(os.path.join(os.fsencode(app / "app"), b"bad\xff"), "w") as f:
+            f.write("x")
+        stream = select_files(FileSource(include=(app / "app",), relative_path=app, fail_on=("bad_name",)))
+        with pytest.raises(FileSelectionError) as info:
+            list(stream)
+        assert str(info.value).startswith(f"File {app}/app/bad\\xff has a name that is not valid UTF-8, which "
+                                          "restore refuses, and backup.source.files.fail_on lists 'bad_name': "
+                                          "rename it or exclude it")
 
 
 class TestExcludes:
@@ -250,28 +301,79 @@ class TestLinks:
 
 
 class TestSpecialFiles:
-    def test_fifo_socket_and_device_are_skipped_with_a_warning(
-        self, tmp_path: Path, caplog: pytest.LogCaptureFixture
-    ) -> None:
+    @pytest.fixture
+    def specials(self, tmp_path: Path) -> Iterator[tuple[Path, set[str]]]:
         root = tmp_path / "s"
         make_tree(root, {"regular": "x"})
         os.mkfifo(root / "fifo")
         sock = socket.socket(socket.AF_UNIX)
         sock.bind(str(root / "sock"))
-        expected = {"FIFO", "socket"}
+        reasons = {"fifo", "socket"}
         try:
             os.mknod(root / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
-            expected.add("device")
+            reasons.add("device")
         except PermissionError:
             pass  # not root or no CAP_MKNOD: FIFO and socket still cover the code path
         try:
-            with caplog.at_level(logging.WARNING, logger="backup_ops.core.files"):
-                result = names(select(FileSource(include=(root,), relative_path=root)))
+            yield root, reasons
         finally:
             sock.close()
+
+    def test_fifo_socket_and_device_are_skipped_recorded_and_logged(
+        self, specials: tuple[Path, set[str]], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        root, reasons = specials
+        source = FileSource(include=(root,), relative_path=root)
+        with caplog.at_level(logging.INFO, logger="backup_ops.core.files"):
+            result = names(select(source))
         assert result == ["regular"]
-        for kind in expected:
-            assert any(m.startswith(f"Skipping {kind} ") for m in caplog.messages), kind
+        expected = {("fifo", "fifo", "is a FIFO"), ("sock", "socket", "is a socket"),
+                    ("null", "device", "is a device node")}
+        assert set(skipped(source)) == {e for e in expected if e[1] in reasons}
+        for name in ("fifo", "sock"):
+            assert any(m.startswith(f"Skipped: {root / name} is a ") for m in caplog.messages), name
+        summary = next(m for m in caplog.messages if m.startswith("Selected "))
+        assert "1 fifo" in summary and "1 socket" in summary
+
+    def test_a_reason_in_fail_on_fails_after_the_walk_naming_the_files(
+        self, specials: tuple[Path, set[str]]
+    ) -> None:
+        root, _ = specials
+        os.mkfifo(root / "fifo2")
+        stream = select_files(FileSource(include=(root,), relative_path=root, fail_on=("fifo",)))
+        with pytest.raises(FileSelectionError) as info:
+            list(stream)
+        assert str(info.value) == (
+            f"File {root / 'fifo'} is a FIFO (and 1 more: {root / 'fifo2'}), and backup.source.files.fail_on lists "
+            "'fifo': exclude it, or remove 'fifo' from backup.source.files.fail_on to back up without it."
+        )
+        assert info.value.retryable is False
+
+
+class TestFailOnConfig:
+    @staticmethod
+    def files_config(**files: Any) -> FileSource:
+        return parse_config({"backup": {"name": "app", "source": {"files": {"include": ["/srv"], **files}},
+                                        "destination": {"destinations": [{"name": "d", "type": "local",
+                                                                          "path": "/b"}]}}}).backup.files
+
+    def test_default_fails_on_unreadable_files_only(self) -> None:
+        assert self.files_config().fail_on == ("unreadable",)
+        assert FileSource().fail_on == ("unreadable",)
+
+    def test_a_list_of_reasons_and_the_empty_list(self) -> None:
+        assert self.files_config(fail_on=["unreadable", "changed", "vanished"]).fail_on == (
+            "unreadable", "changed", "vanished")
+        assert self.files_config(fail_on=[]).fail_on == ()
+
+    @pytest.mark.parametrize(("value", "message"), [
+        (["unreadable", "typo"], "backup.source.files.fail_on[1] must be one of"),
+        ("unreadable", "backup.source.files.fail_on must be a list"),
+        (["unreadable_directory"], "set by ignore_unreadable_directories"),
+    ])
+    def test_bad_values_are_refused_naming_the_key(self, value: Any, message: str) -> None:
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+            self.files_config(fail_on=value)
 
 
 # ---------------------------------------------------------------------------- unreadable paths
@@ -281,8 +383,9 @@ class TestSpecialFiles:
 # permission errors real rather than mocked.
 
 
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
+@contextmanager
+def world_reachable_tmp() -> Iterator[Path]:
+    """A temporary directory below /tmp that uid nobody can reach (pytest's tmp_path is 0700 root)."""
     path = Path(tempfile.mkdtemp(prefix="backup-ops-perm-", dir="/tmp"))
     path.chmod(0o755)
     try:
@@ -292,6 +395,12 @@ def shared_tmp() -> Iterator[Path]:
             for d in dirnames:
                 os.chmod(os.path.join(dirpath, d), 0o755)
         shutil.rmtree(path)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    with world_reachable_tmp() as path:
+        yield path
 
 
 def run_unprivileged(fn: Callable[[], Any]) -> dict[str, Any]:
@@ -330,7 +439,9 @@ def selection_as_nobody(source: FileSource) -> dict[str, Any]:
         handler = logging.Handler()
         handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
         log.addHandler(handler)
-        return {"names": names(list(select_files(source, log=log))), "messages": messages}
+        stream = list(select_files(source, log=log))
+        return {"names": names([e for e in stream if isinstance(e, SelectedEntry)]), "messages": messages,
+                "skipped": [[e.name, e.reason, e.detail] for e in stream if isinstance(e, SkippedFile)]}
 
     return run_unprivileged(run)
 
@@ -353,7 +464,9 @@ class TestUnreadable:
         result = selection_as_nobody(FileSource(include=(tree,), relative_path=tree,
                                                 ignore_unreadable_directories=True))
         assert result["value"]["names"] == ["a.txt", "z.txt"]
-        assert any("locked is not readable, skipping" in m for m in result["value"]["messages"])
+        detail = "is a directory this process (uid 65534) cannot read; nothing below it was backed up"
+        assert result["value"]["skipped"] == [["locked/", "unreadable_directory", detail]]
+        assert f"Skipped: {tree / 'locked'} {detail} [unreadable_directory]." in result["value"]["messages"]
 
     def test_searchable_but_unlistable_directory_counts_as_unreadable(self, tree: Path) -> None:
         (tree / "locked").chmod(0o311)  # x without r: cannot list
@@ -367,3 +480,21 @@ class TestUnreadable:
                                                 ignore_unreadable_directories=True))
         assert result.get("error") == "FileSelectionError", result
         assert f"File {tree / 'locked' / 'secret.txt'} is not readable" in result["message"]
+
+    def test_unreadable_file_message_names_the_fail_on_key(self, tree: Path) -> None:
+        (tree / "locked").chmod(0o755)
+        (tree / "locked" / "secret.txt").chmod(0o000)
+        result = selection_as_nobody(FileSource(include=(tree,), relative_path=tree))
+        assert result["message"] == (
+            f"File {tree / 'locked' / 'secret.txt'} is not readable by this process (uid 65534), and "
+            "backup.source.files.fail_on lists 'unreadable': fix its permissions or exclude it, or remove "
+            "'unreadable' from backup.source.files.fail_on to back up without it."
+        )
+
+    def test_unreadable_file_is_recorded_when_fail_on_allows_it(self, tree: Path) -> None:
+        (tree / "locked").chmod(0o755)
+        (tree / "locked" / "secret.txt").chmod(0o000)
+        result = selection_as_nobody(FileSource(include=(tree,), relative_path=tree, fail_on=()))
+        assert result["value"]["names"] == ["a.txt", "locked/", "z.txt"]
+        assert result["value"]["skipped"] == [
+            ["locked/secret.txt", "unreadable", "is not readable by this process (uid 65534)"]]

@@ -21,8 +21,9 @@ from backup_ops.core.manifest import (
     manifest_bytes,
     member_name_problem,
     parse_manifest,
+    with_skipped,
 )
-from backup_ops.core.models import DumpResult, TableStat
+from backup_ops.core.models import DumpResult, SkippedFile, TableStat
 
 CREATED = datetime(2026, 3, 1, 2, 0, 5, tzinfo=UTC)
 
@@ -38,6 +39,11 @@ DUMP = DumpResult(
     pg_dump_version="16.4",
     tables=(TableStat("public", "users", 10, ("id", "email")), TableStat("public", "orders", 32, ("id", "total"))),
 )
+SKIPPED = [
+    SkippedFile("var/www/app/storage/sessions/s1", "vanished", "was removed after it was listed",
+                path="/var/www/app/storage/sessions/s1"),
+    SkippedFile("var/www/app/caf\\xe9.txt", "bad_name", "has a name that is not valid UTF-8, which restore refuses"),
+]
 MEMBERS = [
     MemberInfo(DUMP.member_name, 1234, sha(b"dump"), False),
     MemberInfo("var/www/app/", 0, EMPTY_SHA256, False),
@@ -130,6 +136,39 @@ class TestBuild:
         assert parsed.members_by_name()["var/www/app/.env"].size == 9
 
 
+class TestSkipped:
+    def test_every_manifest_has_the_list_even_when_empty(self) -> None:
+        assert build()["skipped"] == []
+        assert parse_manifest(manifest_bytes(build())).skipped == ()
+
+    def test_recorded_with_name_reason_and_detail_but_never_the_host_path(self) -> None:
+        m = build(skipped=SKIPPED)
+        assert m["skipped"] == [
+            {"name": "var/www/app/storage/sessions/s1", "reason": "vanished",
+             "detail": "was removed after it was listed"},
+            {"name": "var/www/app/caf\\xe9.txt", "reason": "bad_name",
+             "detail": "has a name that is not valid UTF-8, which restore refuses"},
+        ]
+        parsed = parse_manifest(manifest_bytes(m))
+        assert parsed.skipped == tuple(SkippedFile(s.name, s.reason, s.detail) for s in SKIPPED)
+
+    def test_with_skipped_sets_the_list_on_a_built_manifest(self) -> None:
+        base = build()
+        added = with_skipped(base, SKIPPED[:1])
+        assert base["skipped"] == [] and added["skipped"] == [SKIPPED[0].to_manifest()]
+        assert {k: v for k, v in added.items() if k != "skipped"} == {k: v for k, v in base.items() if k != "skipped"}
+
+    def test_a_manifest_written_before_the_field_existed_still_parses(self) -> None:
+        old = build()
+        del old["skipped"]
+        parsed = parse_manifest(manifest_bytes(old))
+        assert parsed.format_version == 1 and parsed.skipped == ()
+
+    def test_a_reason_from_a_newer_version_is_kept(self) -> None:
+        m = build(skipped=[SkippedFile("x", "quarantined", "is in quarantine")])
+        assert parse_manifest(manifest_bytes(m)).skipped[0].reason == "quarantined"
+
+
 # ---------------------------------------------------------------------------- hostile manifests
 
 
@@ -204,6 +243,14 @@ HOSTILE: list[tuple[str, bytes, str]] = [
     ("run value type", mutated(set_key("run", {"dag_id": 1})), "run.dag_id must be a string"),
     ("tool_versions list", mutated(set_key("tool_versions", [])), "tool_versions must be an object"),
     ("long text", mutated(set_key("backup_name", "x" * 5000)), "at most 4096 characters"),
+    ("skipped not a list", mutated(set_key("skipped", {})), "skipped must be a list"),
+    ("skipped entry not an object", mutated(set_key("skipped", ["x"])), "skipped[0] must be an object"),
+    ("skipped without reason", mutated(set_key("skipped", [{"name": "a", "detail": "d"}])),
+     "skipped[0] has no 'reason' key"),
+    ("skipped reason type", mutated(set_key("skipped", [{"name": "a", "reason": 1, "detail": "d"}])),
+     "skipped[0].reason must be a string"),
+    ("skipped name too long", mutated(set_key("skipped", [{"name": "a" * 20000, "reason": "vanished", "detail": ""}])),
+     "skipped[0].name must be a string of at most"),
 ]
 
 
@@ -219,6 +266,12 @@ def test_oversized_manifest_is_rejected_before_parsing(monkeypatch: pytest.Monke
     monkeypatch.setattr(manifest_module, "MAX_MANIFEST_BYTES", 100)
     with pytest.raises(ArchiveError, match="more than the 100 accepted"):
         parse_manifest(b" " * 101)
+
+
+def test_too_many_skipped_entries_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manifest_module, "MAX_MEMBERS", 1)
+    with pytest.raises(ArchiveError, match="skipped has 2 entries, more than 1"):
+        parse_manifest(manifest_bytes(build(members=MEMBERS[:1], skipped=SKIPPED)))
 
 
 def test_too_many_members_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:

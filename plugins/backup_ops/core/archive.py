@@ -7,25 +7,30 @@ Dumps and already-compressed files are stored, everything else deflated.
 
 Everything streams in 1 MiB chunks; memory grows only with the number of members, which the
 zip central directory (and the manifest) must hold anyway. pyzipper is imported inside the
-functions so importing this module stays cheap. Reading an archive back is ``archive_read``;
-taking it apart for a restore is ``extract``.
+functions so importing this module stays cheap. Listed files are opened by ``archive_source``
+exactly as they were listed, or recorded as skipped; the file itself is written through
+``archive_sink``. Reading an archive back is ``archive_read``; taking it apart for a restore is
+``extract``.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from backup_ops.core.errors import ArchiveError, BackupError, FileSelectionError
+from backup_ops.core.archive_sink import HashingSink, write_error
+from backup_ops.core.archive_source import ListedFileOpener
+from backup_ops.core.config import FileSource
+from backup_ops.core.errors import ArchiveError, BackupError
 from backup_ops.core.fileio import CHUNK_SIZE, fsync_directory
 from backup_ops.core.files import SelectedEntry
 from backup_ops.core.manifest import (
@@ -35,8 +40,10 @@ from backup_ops.core.manifest import (
     manifest_bytes,
     member_name_problem,
     parse_manifest,
+    with_skipped,
 )
-from backup_ops.core.models import DumpResult
+from backup_ops.core.models import DumpResult, SkippedFile, printable_name
+from backup_ops.core.skips import SkipTally
 
 _LOG = logging.getLogger(__name__)
 
@@ -78,8 +85,9 @@ class ArchiveResult:
 
     ``members`` lists every member except ``manifest.json`` (as the manifest does);
     ``member_count`` counts every zip entry, the manifest and directories included.
-    ``skipped`` names selected files that vanished or stopped being regular files before
-    they could be read.
+    ``skipped`` lists, in listing order, the files not archived as listed (skipped when the
+    listing was made or when the archive was, and files archived as read that changed while
+    being read), as the manifest's ``skipped`` does.
     """
 
     path: Path
@@ -90,7 +98,12 @@ class ArchiveResult:
     file_bytes: int
     manifest_sha256: str
     members: tuple[MemberInfo, ...]
-    skipped: tuple[str, ...] = ()
+    skipped: tuple[SkippedFile, ...] = ()
+
+    @property
+    def skipped_counts(self) -> dict[str, int]:
+        """How many files were skipped, by reason (``{"vanished": 2, "changed": 1}``)."""
+        return dict(Counter(s.reason for s in self.skipped))
 
 
 # ---------------------------------------------------------------------------- building
@@ -100,21 +113,25 @@ def build_archive(
     target: Path,
     *,
     dumps: Sequence[DumpResult],
-    files: Iterable[SelectedEntry],
+    files: Iterable[SelectedEntry | SkippedFile],
     password: bytes | None,
     encryption: str,
     compression_level: int,
     make_manifest: Callable[[list[MemberInfo]], dict[str, Any]],
     log: logging.Logger | None = None,
+    fail_on: Collection[str] = FileSource().fail_on,
 ) -> ArchiveResult:
     """Write the backup zip to ``target`` (a new file, mode 0600) and return its size and sha256.
 
     Members: the dumps, then ``files`` (consumed lazily, so selection streams into the zip),
-    then ``manifest.json`` from ``make_manifest(members)``. Each member's size and sha256 are
-    of the bytes actually written, so a file that changes while being read cannot make the
-    manifest lie. A staged dump that no longer matches its DumpResult size/sha256 fails the
-    build. On any failure the partial file is removed and ArchiveError (or the
-    FileSelectionError from selection) is raised.
+    then ``manifest.json`` from ``make_manifest(members)``, its ``skipped`` list set to the
+    files skipped at listing time (the SkippedFile items of ``files``) or here: vanished,
+    replaced, unreadable, or changed while read (archived as read). Each member's size and
+    sha256 are of the bytes actually written, so a file that changes while being read cannot
+    make the manifest lie. A skip whose reason is in ``fail_on`` raises FileSelectionError at
+    once, as does a staged dump that no longer matches its DumpResult size/sha256 (ArchiveError).
+    On any failure the partial file is removed and the error is raised; a full disk at any point
+    is the ArchiveError naming the staging directory.
     """
     log = log or _LOG
     nbits = _check_encryption(encryption, password)
@@ -129,13 +146,14 @@ def build_archive(
     except FileExistsError:
         raise ArchiveError(f"Archive {target} already exists; refusing to overwrite it.") from None
     except OSError as exc:
-        raise _write_error(exc, target) from exc
-    zf = None
+        raise write_error(exc, target) from exc
+    zf = sink = None
+    sources = ListedFileOpener()
     try:
         os.fchmod(fd, 0o600)  # the umask can only remove bits; make 0600 exact whatever it is
-        sink = _HashingSink(fd, target)
+        sink = HashingSink(fd, target)
         zf = pyzipper.AESZipFile(sink, "w", compression=pyzipper.ZIP_STORED, allowZip64=True)
-        writer = _ArchiveWriter(zf, password, nbits, compression_level, log)
+        writer = _ArchiveWriter(zf, password, nbits, compression_level, SkipTally(fail_on, log), sources)
         for dump in dumps:
             writer.add_dump(dump)
         for entry in files:
@@ -158,11 +176,18 @@ def build_archive(
         if fd >= 0:
             _close_quietly(fd)
         _remove(target)
-        if isinstance(exc, BackupError) or not isinstance(exc, Exception):
+        if not isinstance(exc, Exception):
+            raise
+        if sink is not None and sink.failure is not None and exc is not sink.failure:
+            # The disk filled up: whatever zipfile raised while unwinding, that is the cause.
+            raise ArchiveError(str(sink.failure)) from exc
+        if isinstance(exc, BackupError):
             raise
         if isinstance(exc, OSError):
-            raise _write_error(exc, target) from exc
+            raise write_error(exc, target) from exc
         raise ArchiveError(f"Building archive {target} failed: {exc}.") from exc
+    finally:
+        sources.close()
     return ArchiveResult(
         path=target,
         size=sink.position,
@@ -191,70 +216,19 @@ def _check_encryption(encryption: str, password: bytes | None) -> int | None:
     return AES_BITS[encryption]
 
 
-class _HashingSink:
-    """The archive file as pyzipper sees it: write-only and deliberately not seekable.
-
-    A seekable target makes pyzipper seek back to patch each local header after the member's
-    data, so hashing bytes as they pass would hash the wrong file. Without ``seek`` pyzipper
-    writes sizes and CRC in data descriptors after each member instead (standard zip, read by
-    7-Zip, libzip, Info-ZIP and Python), every byte is written exactly once in order, and the
-    sha256 of what passed through is the sha256 of the file: one pass, no re-read.
-
-    Small writes (headers) are buffered here rather than in a BufferedWriter so that a failed
-    build can be abandoned without a final flush raising a second error over the first.
-    """
-
-    def __init__(self, fd: int, target: Path) -> None:
-        self._fd = fd
-        self._target = target
-        self._sha = hashlib.sha256()
-        self._buffer = bytearray()
-        self.position = 0
-
-    def write(self, data: bytes) -> int:
-        size = len(data)
-        self._sha.update(data)
-        if self._buffer and len(self._buffer) + size > CHUNK_SIZE:
-            self.flush()
-        if size >= CHUNK_SIZE:
-            self._write_all(data)
-        else:
-            self._buffer += data
-        self.position += size
-        return size
-
-    def tell(self) -> int:
-        return self.position
-
-    def flush(self) -> None:
-        if self._buffer:
-            self._write_all(self._buffer)
-            self._buffer.clear()
-
-    def hexdigest(self) -> str:
-        return self._sha.hexdigest()
-
-    def _write_all(self, data: bytes | bytearray) -> None:
-        view = memoryview(data)
-        try:
-            while view:
-                view = view[os.write(self._fd, view):]
-        except OSError as exc:
-            raise _write_error(exc, self._target) from exc
-
-
 class _ArchiveWriter:
-    """Adds members to an open pyzipper archive, recording each member's size and sha256."""
+    """Adds members to an open pyzipper archive, recording each member's size and sha256 and each file skipped."""
 
-    def __init__(self, zf: Any, password: bytes | None, nbits: int | None, level: int,
-                 log: logging.Logger) -> None:
+    def __init__(self, zf: Any, password: bytes | None, nbits: int | None, level: int, skips: SkipTally,
+                 sources: ListedFileOpener) -> None:
         self.zf = zf
         self.password = password
         self.nbits = nbits
         self.level = level
-        self.log = log
+        self.skips = skips
+        self.sources = sources
         self.members: list[MemberInfo] = []
-        self.skipped: list[str] = []
+        self.skipped: list[SkippedFile] = []
         self.file_count = 0
         self.file_bytes = 0
 
@@ -275,39 +249,46 @@ class _ArchiveWriter:
                 f"read {member.size} bytes with sha256 {member.sha256}; run the backup again."
             )
 
-    def add_entry(self, entry: SelectedEntry) -> None:
+    def add_entry(self, entry: SelectedEntry | SkippedFile) -> None:
+        if isinstance(entry, SkippedFile):
+            self.skip(entry, announce=False)  # skipped at listing time, and logged there
+            return
         if entry.is_dir:
             self.write_directory(entry)
             return
         try:
-            src, st = _open_regular(entry.path)
-        except FileNotFoundError:
-            self.skip(entry, "it was removed after it was selected")
-            return
-        except PermissionError as exc:
-            raise FileSelectionError(f"File {entry.path} is not readable by this process (uid {os.geteuid()}): "
-                                     "fix its permissions or exclude it.") from exc
+            opened = self.sources.open(entry)
         except OSError as exc:
             raise ArchiveError(f"Cannot read file {entry.path}: {exc.strerror or exc}.") from exc
-        if src is None:
-            self.skip(entry, "it is no longer a regular file")
+        if isinstance(opened, SkippedFile):
+            self.skip(opened)
             return
+        src, st = opened
         with src:
             member = self.write_file(entry.arcname, src, st, f"file {entry.path}",
                                      deflate=self.level > 0 and not is_precompressed(entry.arcname))
             after = os.fstat(src.fileno())
-        if member.size != st.st_size or after.st_mtime_ns != st.st_mtime_ns or after.st_size != st.st_size:
-            self.log.warning("File %s changed while it was being archived; the archive holds the %d bytes read.",
-                             entry.path, member.size)
         self.file_count += 1
         self.file_bytes += member.size
+        resized = member.size != st.st_size or after.st_size != st.st_size
+        if resized or after.st_mtime_ns != st.st_mtime_ns:
+            how = f"{st.st_size} bytes when opened, {after.st_size} when done" if resized else "modified meanwhile"
+            self.skip(SkippedFile(
+                printable_name(entry.arcname), "changed",
+                f"changed while it was being archived ({how}); the archive holds the {member.size} bytes read",
+                printable_name(str(entry.path)),
+            ))
 
-    def skip(self, entry: SelectedEntry, reason: str) -> None:
-        self.log.warning("Skipping %s: %s.", entry.path, reason)
-        self.skipped.append(str(entry.path))
+    def skip(self, skipped: SkippedFile, *, announce: bool = True) -> None:
+        """Record ``skipped`` for the manifest; raise at once when its reason is in fail_on."""
+        self.skipped.append(skipped)
+        if self.skips.add(skipped, announce=announce):
+            failure = self.skips.failure()
+            if failure is not None:
+                raise failure
 
     def add_manifest(self, make_manifest: Callable[[list[MemberInfo]], dict[str, Any]]) -> bytes:
-        data = manifest_bytes(make_manifest(list(self.members)))
+        data = manifest_bytes(with_skipped(make_manifest(list(self.members)), self.skipped))
         # Read our own manifest back the way a restore will: an archive whose manifest its own
         # restore rejects, or that disagrees with what was written, must never count as a backup.
         try:
@@ -317,6 +298,8 @@ class _ArchiveWriter:
         listed = [(m.name, m.size, m.sha256) for m in parsed.members]
         if listed != [(m.name, m.size, m.sha256) for m in self.members]:
             raise ArchiveError("The manifest built for this archive does not list exactly the members written.")
+        if [(s.name, s.reason) for s in parsed.skipped] != [(s.name, s.reason) for s in self.skipped]:
+            raise ArchiveError("The manifest built for this archive does not list exactly the files skipped.")
         zinfo = self.new_member(MANIFEST_NAME, time.time(), stat.S_IFREG | 0o600,
                                 deflate=self.level > 0, encrypt=True, reserved_ok=True)
         with self.zf.open(zinfo, "w", force_zip64=True) as dst:
@@ -413,15 +396,6 @@ def _dos_date_time(mtime: float) -> tuple[int, int, int, int, int, int]:
     if t.tm_year > 2107:
         return (2107, 12, 31, 23, 59, 58)
     return (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec)
-
-
-def _write_error(exc: OSError, target: Path) -> ArchiveError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return ArchiveError(
-            f"No space left on device while writing archive {target} to staging directory {target.parent}: "
-            "free space or point backup.staging_directory elsewhere."
-        )
-    return ArchiveError(f"Could not write archive {target}: {exc.strerror or exc}.")
 
 
 def _close_quietly(fd: int) -> None:

@@ -2,6 +2,8 @@
 
 Every reader treats the archive as hostile: names are checked for duplicates, members must match
 the manifest, and pyzipper's and zlib's many error types become one VerificationError sentence.
+A wrong or missing password names where the password came from (``password_source``: the
+config's reference for the tasks, an environment variable or a prompt for the CLI).
 pyzipper is imported inside the functions so importing this module stays cheap.
 """
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backup_ops.core.config import SecretRef
 from backup_ops.core.errors import ArchiveError, BackupError, UnsafeArchiveError, VerificationError
 from backup_ops.core.fileio import CHUNK_SIZE, sha256_of_file
 from backup_ops.core.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, parse_manifest
@@ -43,14 +46,28 @@ def _corrupt_errors() -> tuple[type[BaseException], ...]:
             NotImplementedError, KeyError, IndexError, OverflowError, UnicodeDecodeError)
 
 
-def _wrong_password(path: Path) -> ArchiveError:
-    return ArchiveError(f"Wrong archive password for {path}: check the backup_archive_password variable "
-                        "(backup.password in the config).")
+DEFAULT_PASSWORD_SOURCE = "backup.password in the config"
+"""Where the password came from, when the caller does not say: the tasks' source."""
 
 
-def _no_password(path: Path) -> ArchiveError:
-    return ArchiveError(f"Archive {path} is encrypted but no password was given: set the "
-                        "backup_archive_password variable (backup.password in the config).")
+def password_source_of(ref: SecretRef | None) -> str:
+    """The phrase naming where the config's ``backup.password`` reference ``ref`` keeps the password."""
+    if ref is None:
+        return DEFAULT_PASSWORD_SOURCE
+    where = {
+        "variable": f"the Airflow variable {ref.name}",
+        "env": f"the worker's environment variable {ref.name}",
+        "connection": f"the password of the Airflow connection {ref.name}",
+    }[ref.kind]
+    return f"{where} ({DEFAULT_PASSWORD_SOURCE})"
+
+
+def _wrong_password(path: Path, source: str) -> ArchiveError:
+    return ArchiveError(f"Wrong archive password for {path}: check {source}.", retryable=False)
+
+
+def _no_password(path: Path, source: str) -> ArchiveError:
+    return ArchiveError(f"Archive {path} is encrypted but no password was given: set {source}.", retryable=False)
 
 
 @contextmanager
@@ -72,17 +89,21 @@ def open_zip(path: Path, password: bytes | None) -> Iterator[Any]:
         yield zf
 
 
-def open_info(zf: Any, info: Any, path: Path, password: bytes | None) -> Any:
-    """Open one member for reading, turning password and format problems into clear errors."""
+def open_info(zf: Any, info: Any, path: Path, password: bytes | None,
+              password_source: str = DEFAULT_PASSWORD_SOURCE) -> Any:
+    """Open one member for reading, turning password and format problems into clear errors.
+
+    ``password_source`` names where ``password`` came from, for the wrong/missing password sentence.
+    """
     if info.flag_bits & _ZIP_ENCRYPTED_FLAG and not password:
-        raise _no_password(path)
+        raise _no_password(path, password_source)
     try:
         return zf.open(info)
     except RuntimeError as exc:
         # pyzipper's only RuntimeErrors on open are about passwords (bad verifier, none given).
         if password:
-            raise _wrong_password(path) from exc
-        raise _no_password(path) from exc
+            raise _wrong_password(path, password_source) from exc
+        raise _no_password(path, password_source) from exc
     except _corrupt_errors() as exc:
         raise VerificationError(f"Member {info.filename!r} of archive {path} cannot be read ({exc}): "
                                 "the archive is corrupt.") from exc
@@ -107,12 +128,15 @@ def verify_archive(
     password: bytes | None,
     expected_sha256: str | None = None,
     expected_size: int | None = None,
+    password_source: str = DEFAULT_PASSWORD_SOURCE,
 ) -> VerifyResult:
     """Prove an archive is intact: file size and sha256, manifest, and every member's size and sha256.
 
     Decrypting each member checks its WinZip AES HMAC, so this also proves the password.
     Members not in the manifest fail the check, except empty directory entries. Integrity
-    failures raise VerificationError; password and manifest problems raise ArchiveError.
+    failures raise VerificationError; password and manifest problems raise ArchiveError, a
+    password one naming ``password_source`` ("the environment variable X", see
+    ``password_source_of`` for the config's reference).
     """
     path = Path(path)
     try:
@@ -138,7 +162,7 @@ def verify_archive(
         if manifest_info.file_size > MAX_MANIFEST_BYTES:
             raise VerificationError(f"{MANIFEST_NAME} in {path} is {manifest_info.file_size} bytes, more than the "
                                     f"{MAX_MANIFEST_BYTES} accepted.")
-        with open_info(zf, manifest_info, path, password) as stream:
+        with open_info(zf, manifest_info, path, password, password_source) as stream:
             manifest_data = b"".join(read_chunks(stream, MANIFEST_NAME, path))
         manifest = parse_manifest(manifest_data)
         expected = manifest.members_by_name()
@@ -162,7 +186,7 @@ def verify_archive(
                     f"Member {member.name!r} of {path} is not encrypted the way the manifest says "
                     f"({manifest.encryption}): it was modified after it was written."
                 )
-            checked_bytes += _check_member(zf, info, member.size, member.sha256, path, password)
+            checked_bytes += _check_member(zf, info, member.size, member.sha256, path, password, password_source)
     return VerifyResult(
         members_checked=len(manifest.members) + 1,
         bytes_checked=checked_bytes,
@@ -181,10 +205,11 @@ def unique_infos(zf: Any, path: Path, error: type[BackupError]) -> dict[str, Any
     return infos
 
 
-def _check_member(zf: Any, info: Any, size: int, sha256: str, path: Path, password: bytes | None) -> int:
+def _check_member(zf: Any, info: Any, size: int, sha256: str, path: Path, password: bytes | None,
+                  password_source: str) -> int:
     sha = hashlib.sha256()
     actual = 0
-    with open_info(zf, info, path, password) as stream:
+    with open_info(zf, info, path, password, password_source) as stream:
         for chunk in read_chunks(stream, info.filename, path):
             sha.update(chunk)
             actual += len(chunk)
@@ -197,8 +222,9 @@ def _check_member(zf: Any, info: Any, size: int, sha256: str, path: Path, passwo
 
 
 @contextmanager
-def open_member(path: Path, name: str, password: bytes | None) -> Iterator[io.RawIOBase]:
-    """Stream one member (e.g. a dump into psql) without extracting it.
+def open_member(path: Path, name: str, password: bytes | None, *,
+                password_source: str = DEFAULT_PASSWORD_SOURCE) -> Iterator[io.RawIOBase]:
+    """Stream one member (e.g. a dump into psql) without extracting it; ``password_source`` as for verify.
 
     The member is authenticated (AES HMAC or CRC) only when its end is read: a consumer must
     treat a VerificationError at the end as failure of everything it did with the data (for
@@ -210,7 +236,7 @@ def open_member(path: Path, name: str, password: bytes | None) -> Iterator[io.Ra
         info = infos.get(name)
         if info is None:
             raise ArchiveError(f"Archive {path} has no member named {name!r}.")
-        with open_info(zf, info, path, password) as stream:
+        with open_info(zf, info, path, password, password_source) as stream:
             yield _MemberReader(stream, name, path)
 
 

@@ -1,8 +1,9 @@
 """The archive's ``manifest.json``: what a backup contains, built at backup time, checked at restore time.
 
-``build_manifest`` is a pure function of what the backup produced; ``parse_manifest`` reads it
-back as hostile input (a restore may fetch an archive someone else wrote), so every key, type,
-size and count is checked and anything off raises ArchiveError with one sentence saying where.
+``build_manifest`` is a pure function of what the backup produced (``with_skipped`` sets the
+files the archive could not hold as listed); ``parse_manifest`` reads it back as hostile input
+(a restore may fetch an archive someone else wrote), so every key, type, size and count is
+checked and anything off raises ArchiveError with one sentence saying where.
 ``member_name_problem`` is the one rule for safe member names, shared with extraction.
 """
 
@@ -17,9 +18,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backup_ops.core.errors import ArchiveError
-from backup_ops.core.models import DumpResult, TableStat
+from backup_ops.core.models import DumpResult, SkippedFile, TableStat
 
 MANIFEST_NAME = "manifest.json"
+# "skipped" was added without a new version: it is optional when read, and older readers ignore keys
+# they do not know, so they can still verify newer archives.
 FORMAT_VERSION = 1
 KNOWN_FORMAT_VERSIONS = frozenset({1})
 ENCRYPTION_METHODS = ("aes256", "aes192", "aes128", "none")
@@ -35,6 +38,8 @@ MAX_COLUMNS = 10_000
 MAX_TEXT = 4096
 MAX_MAPPING_ITEMS = 1000
 MAX_MEMBER_NAME_BYTES = 4096
+MAX_SKIPPED_NAME = 4 * MAX_MEMBER_NAME_BYTES  # printable names show an undecodable byte as four characters
+MAX_REASON = 64
 MAX_SIZE = 2**63 - 1
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -142,6 +147,7 @@ class Manifest:
     file_bytes: int
     directory_count: int
     members: tuple[ManifestMember, ...]
+    skipped: tuple[SkippedFile, ...] = ()
 
     def members_by_name(self) -> dict[str, ManifestMember]:
         """Members keyed by name (built on demand: a manifest may list millions)."""
@@ -161,11 +167,13 @@ def build_manifest(
     members: Sequence[MemberInfo],
     encryption: str,
     tool_versions: Mapping[str, str],
+    skipped: Sequence[SkippedFile] = (),
 ) -> dict[str, Any]:
     """The manifest of one archive as a JSON-able dict (serialise it with ``manifest_bytes``).
 
     ``members`` are all members written before the manifest; the manifest never lists itself.
-    ``encryption`` is the method name only: the password never reaches this function.
+    ``skipped`` are the files not archived as listed (name, reason, detail; never their host
+    path). ``encryption`` is the method name only: the password never reaches this function.
     """
     if created_at.tzinfo is None:
         raise ValueError(f"created_at must be timezone-aware, got naive {created_at.isoformat()}.")
@@ -199,7 +207,13 @@ def build_manifest(
             "directories": sum(1 for m in members if m.is_dir),
         },
         "members": [{"name": m.name, "size": m.size, "sha256": m.sha256} for m in members],
+        "skipped": [s.to_manifest() for s in skipped],
     }
+
+
+def with_skipped(manifest: Mapping[str, Any], skipped: Sequence[SkippedFile]) -> dict[str, Any]:
+    """A copy of a built ``manifest`` whose ``skipped`` list is ``skipped`` (what the archive could not hold)."""
+    return {**manifest, "skipped": [s.to_manifest() for s in skipped]}
 
 
 def _database_entry(dump: DumpResult) -> dict[str, Any]:
@@ -346,6 +360,7 @@ class _Reader:
             file_bytes=file_bytes,
             directory_count=directory_count,
             members=members,
+            skipped=self.skipped(root.get("skipped", [])),  # absent in manifests written before it existed
         )
 
     def timestamp(self, value: Any) -> datetime:
@@ -380,6 +395,19 @@ class _Reader:
             if name.endswith("/") and (size != 0 or sha != EMPTY_SHA256):
                 raise ArchiveError(f"{MANIFEST_NAME} is malformed: directory {where} {_show(name)} has content.")
             result.append(ManifestMember(name, size, sha))
+        return tuple(result)
+
+    def skipped(self, value: Any) -> tuple[SkippedFile, ...]:
+        result = []
+        for i, item in enumerate(self.items(value, "skipped", MAX_MEMBERS)):
+            where = f"skipped[{i}]"
+            item = self.obj(item, where, ("name", "reason", "detail"))
+            # A reason this version does not know comes from a newer one: kept as recorded.
+            result.append(SkippedFile(
+                name=self.text(item["name"], f"{where}.name", MAX_SKIPPED_NAME),
+                reason=self.text(item["reason"], f"{where}.reason", MAX_REASON),
+                detail=self.text(item["detail"], f"{where}.detail"),
+            ))
         return tuple(result)
 
     def databases(self, value: Any, members: Mapping[str, ManifestMember]) -> tuple[ManifestDatabase, ...]:

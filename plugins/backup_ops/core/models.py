@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 ARCHIVE_TIMESTAMP_FORMAT = "%Y-%m-%d-%H-%M-%S"
@@ -132,3 +133,84 @@ class Receipt:
     def from_dict(cls, data: dict[str, Any]) -> Receipt:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
+
+
+class Integrity(StrEnum):
+    """What comparing an archive with its receipt showed."""
+
+    INTACT = "intact"          # size matches the receipt, and so does the SHA-256 where it could be compared
+    DAMAGED = "damaged"        # size or SHA-256 contradicts the receipt: the archive is not the one published
+    UNVERIFIED = "unverified"  # nothing to compare with (no or unreadable receipt, e.g. a laravel-backup archive)
+
+
+@dataclass(frozen=True)
+class ArchiveIntegrity:
+    """The integrity of one archive on a destination, and what it rests on (``detail``, one phrase).
+
+    A damaged archive protects nothing: cleanup keeps it for a human and plans as if it were not
+    there. An unverified one is neither damaged nor proof of a good backup.
+    """
+
+    path: str
+    state: Integrity
+    detail: str
+
+    @property
+    def damaged(self) -> bool:
+        return self.state is Integrity.DAMAGED
+
+    @property
+    def intact(self) -> bool:
+        return self.state is Integrity.INTACT
+
+    def describe(self) -> str:
+        """``app/x.zip: damaged (1000 bytes, but its receipt says 2048)``."""
+        return f"{self.path}: {self.state.value} ({self.detail})"
+
+
+SKIP_REASONS: dict[str, str] = {
+    "vanished": "removed between listing and archiving",
+    "replaced": "swapped for a symbolic link, another file or a non-regular file (or its directory was)",
+    "unreadable": "could not be opened: permission denied",
+    "unreadable_directory": "a directory that could not be read (ignore_unreadable_directories: true)",
+    "changed": "changed while it was read; the archive holds the bytes read",
+    "bad_name": "a name restore would refuse (not valid UTF-8, or backslash traversal)",
+    "fifo": "a FIFO (named pipe)",
+    "socket": "a socket",
+    "device": "a device node",
+}
+"""Why a file is not in the archive as it was listed, by the code recorded in the manifest."""
+
+FAILABLE_SKIP_REASONS = tuple(r for r in SKIP_REASONS if r != "unreadable_directory")
+"""The codes ``source.files.fail_on`` accepts (unreadable directories are ``ignore_unreadable_directories``)."""
+
+
+def printable_name(name: str) -> str:
+    """``name`` with bytes that are not UTF-8 (os.fsdecode's surrogates) shown as ``\\xNN``: safe to log or store."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedFile:
+    """A file that is not in the archive as it was listed, and why (``reason``: a SKIP_REASONS code).
+
+    ``name`` is its member name and ``detail`` one phrase that reads after it ("was removed after it
+    was listed"), both printable; ``path`` is where it was on disk, for the task log and error
+    messages, never for the manifest. A ``changed`` file is in the archive, holding the bytes read.
+    """
+
+    name: str
+    reason: str
+    detail: str
+    path: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "reason": self.reason, "detail": self.detail, "path": self.path}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SkippedFile:
+        return cls(str(data["name"]), str(data["reason"]), str(data["detail"]), str(data.get("path", "")))
+
+    def to_manifest(self) -> dict[str, str]:
+        """The manifest's record: name, reason and detail (the host path stays out of the archive)."""
+        return {"name": self.name, "reason": self.reason, "detail": self.detail}
