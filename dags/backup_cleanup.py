@@ -27,12 +27,16 @@ DOC = f"""
 
 **Policy:** {POLICY.describe()}
 
-1. **cleanup** (one task per destination: {", ".join(DESTINATIONS)}): list the `.zip` backups, plan
-   with `backup_ops.core.retention.plan_cleanup` measured from the run's logical date, log every decision
-   with its rule, delete each planned archive together with its receipt, log the used storage after
-   cleanup. Non-zip files are never touched. Trigger with `dry_run` to log the plan and delete nothing.
-2. **report**: one line per destination; fails the run naming every destination whose cleanup failed
-   (a failing destination never stops the others).
+1. **cleanup** (one task per destination: {", ".join(DESTINATIONS)}): list the `.zip` backups, check
+   the newest against their receipts (a damaged archive is kept for a human and protects nothing),
+   plan with `backup_ops.core.retention.plan_cleanup` measured from the run's logical date, log every
+   decision with its rule, delete each planned archive together with its receipt, remove what failed
+   publishes left behind more than a day ago (receipts without archives, incomplete uploads), log the
+   used storage after cleanup. Non-zip files are never touched. Trigger with `dry_run` to log the plan
+   and delete nothing.
+2. **report** (after every cleanup task has finished): one line per destination; fails the run
+   naming each failed cleanup task with its cause, and each damaged archive found (a failing
+   destination never stops the others).
 
 Re-running a past date decides the same as that day did. Config: `{CONFIG.source_path}`.
 Retention explained: `docs/retention.md`.
@@ -65,12 +69,15 @@ def backup_cleanup() -> None:
         map_index_template="{{ task.destination }}",
     ).expand(destination=DESTINATIONS)
 
+    # ALL_DONE downstream of every mapped cleanup task: runs once each has finished, whatever its state.
     # Its own failure is the run's summary, already in the notification it sends: not recorded again.
     @task(trigger_rule=TriggerRule.ALL_DONE, retries=0, on_failure_callback=None)
     def report(ti: Any = None) -> dict[str, Any]:
         # Every summary that exists (a failed destination has none); each names its destination.
         summaries = ti.xcom_pull(task_ids="cleanup", default=None)
-        return finish_cleanup(CONFIG, ti.dag_id, ti.run_id, DESTINATIONS, summaries)
+        # What really happened to each cleanup task (cleanup_<map index>: state), to name the failed ones.
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=["cleanup"], run_ids=[ti.run_id]).get(ti.run_id, {})
+        return finish_cleanup(CONFIG, ti.dag_id, ti.run_id, DESTINATIONS, summaries, states)
 
     cleaned >> report()
 

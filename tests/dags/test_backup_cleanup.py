@@ -15,11 +15,14 @@ from typing import Any
 
 import pytest
 import yaml
+from airflow.sdk.exceptions import AirflowFailException
 
+from backup_ops.adapters.destinations.base import receipt_bytes
 from backup_ops.adapters.destinations.local import LocalDestination
 from backup_ops.airflow.cleanup_steps import cleanup_moment, report_cleanup
 from backup_ops.airflow.operators import BackupCleanupOperator
 from backup_ops.core.errors import BackupError, ConfigError, DestinationError
+from backup_ops.core.models import Receipt
 from tests.dags.conftest import LARAVEL_RETENTION, set_notifications
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,16 +54,42 @@ def write_config(base: Path, destinations: dict[str, Path], **strategy: Any) -> 
 
 
 def make_backup(root: Path, name: str, date: datetime, size: int = MIB, receipt: bool = True) -> str:
-    """An archive (sparse, ``size`` bytes) and its receipt below ``root/<backup name>/``; returns its key."""
+    """An archive (sparse, ``size`` bytes of zeros) and its receipt below ``root/<backup name>/``; returns its key."""
     folder = root / BACKUP_NAME
     folder.mkdir(parents=True, exist_ok=True)
     archive = folder / name
     with open(archive, "wb") as out:
         out.truncate(size)
     if receipt:
-        (folder / f"{name}.json").write_text(f'{{"size": {size}}}\n')
+        sha256 = hashlib.sha256(bytes(size)).hexdigest()
+        (folder / f"{name}.json").write_bytes(receipt_bytes(Receipt(name, size, sha256, date.isoformat())))
     os.utime(archive, (date.timestamp(), date.timestamp()))
     return f"{BACKUP_NAME}/{name}"
+
+
+def truncate(root: Path, key: str, size: int) -> None:
+    """Damage an archive the way a full disk or a broken copy does: fewer bytes than its receipt says."""
+    archive = root / key
+    stat = archive.stat()
+    os.truncate(archive, size)
+    os.utime(archive, (stat.st_atime, stat.st_mtime))
+
+
+def fails_at_once(match: str, cause: type[BaseException]) -> Any:
+    """A permanent error ends the task without its retries (AirflowFailException around the cause)."""
+
+    class Caught:
+        def __enter__(self) -> Any:
+            self.context = pytest.raises(AirflowFailException, match=match)
+            self.info = self.context.__enter__()
+            return self.info
+
+        def __exit__(self, *exc: Any) -> bool:
+            handled = bool(self.context.__exit__(*exc))
+            assert isinstance(self.info.value.__cause__, cause), self.info.value.__cause__
+            return handled
+
+    return Caught()
 
 
 def stamp(date: datetime) -> str:
@@ -111,13 +140,14 @@ class TestBackupCleanupOperator:
         assert sorted(files_below(local)) == sorted([newest, f"{newest}.json", second, f"{second}.json"])
         assert summary == {
             "destination": "local", "kept": 2, "deleted": 2, "bytes_freed": 2 * MIB, "used_after": 2 * MIB,
-            "dry_run": False, "now": "2016-01-01T22:00:00+00:00",
+            "dry_run": False, "now": "2016-01-01T22:00:00+00:00", "damaged": [], "leftovers": 0,
         }
         out = capfd.readouterr().out
         assert f"Keeping {newest} (rule: newest)" in out
         assert f"Keeping {second} (rule: keep-all window)" in out
         assert f"Deleting {third} (rule: storage limit 2 MB exceeded)" in out
         assert f"Deleting {fourth} (rule: storage limit 2 MB exceeded)" in out
+        assert f"Intact: {newest}: size and SHA-256 (hashed from the file) match the receipt." in out
         assert "retention measured from 2016-01-01T22:00:00+00:00" in out
         assert "Used storage after cleanup: 2.00 MB" in out
 
@@ -126,12 +156,16 @@ class TestBackupCleanupOperator:
         ancient = NOW - timedelta(days=3000)
         others = {
             f"{BACKUP_NAME}/notes.txt": b"not a backup",
-            f"{BACKUP_NAME}/2008-01-01-00-00-00.zip.json": b"{}",  # a receipt without its archive
-            f"{BACKUP_NAME}/.2008-01-01-00-00-00.zip.1a2b3c4d.partial": b"half a copy",
             f"{BACKUP_NAME}/2008-01-01-00-00-00.tar.gz": b"another tool's backup",
             "outside/2008-01-01-00-00-00.zip": b"a zip outside the backup folder",
+            "outside/2008-01-01-00-00-00.zip.json": b"{}",  # a receipt outside the backup folder
         }
-        for relative, content in others.items():
+        # Leftovers of failed publishes are not backups either, but they are removed (see TestLeftovers).
+        leftovers = {
+            f"{BACKUP_NAME}/2008-01-01-00-00-00.zip.json": b"{}",  # a receipt without its archive
+            f"{BACKUP_NAME}/.2008-01-01-00-00-00.zip.1a2b3c4d.partial": b"half a copy",
+        }
+        for relative, content in {**others, **leftovers}.items():
             path = local / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content)
@@ -142,8 +176,8 @@ class TestBackupCleanupOperator:
         summary = run_cleanup("local")
 
         after = files_below(local)
-        assert summary["deleted"] == 1
-        assert set(before) - set(after) == {old_zip}
+        assert (summary["deleted"], summary["leftovers"]) == (1, 2)
+        assert set(before) - set(after) == {old_zip, *leftovers}
         assert {k: after[k] for k in others} == {k: before[k] for k in others}
 
     def test_dry_run_deletes_nothing_but_logs_every_decision(self, local: Path, capfd: pytest.CaptureFixture) -> None:
@@ -155,7 +189,7 @@ class TestBackupCleanupOperator:
         assert files_below(local) == before
         assert summary == {
             "destination": "local", "kept": 2, "deleted": 2, "bytes_freed": 2 * MIB, "used_after": 2 * MIB,
-            "dry_run": True, "now": "2016-01-01T22:00:00+00:00",
+            "dry_run": True, "now": "2016-01-01T22:00:00+00:00", "damaged": [], "leftovers": 0,
         }
         out = capfd.readouterr().out
         assert "DRY RUN" in out
@@ -219,7 +253,7 @@ class TestBackupCleanupOperator:
             make_backup(local, f"test_{day:%Y%m%d}.zip", day)
         before = files_below(local)
 
-        with pytest.raises(BackupError, match=r"refusing to delete anything: the newest backup, mysite/test_20110101"):
+        with fails_at_once(r"refusing to delete anything: the newest backup, mysite/test_20110101", BackupError):
             run_cleanup("local")
         assert files_below(local) == before
 
@@ -232,20 +266,93 @@ class TestBackupCleanupOperator:
     def test_an_unclear_dry_run_value_is_refused(self, local: Path, value: Any) -> None:
         four_daily_backups(local)
         before = files_below(local)
-        with pytest.raises(ConfigError, match=r"BackupCleanupOperator\.dry_run must be true or false"):
+        with fails_at_once(r"BackupCleanupOperator\.dry_run must be true or false", ConfigError):
             run_cleanup("local", dry_run=value)
         assert files_below(local) == before
 
     def test_unknown_destination_names_the_configured_ones(self, local: Path) -> None:
-        with pytest.raises(ConfigError, match="named 'elsewhere'; configured destinations are: local"):
+        with fails_at_once("named 'elsewhere'; configured destinations are: local", ConfigError):
             run_cleanup("elsewhere")
 
     def test_unreachable_destination_fails_clearly(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         not_a_directory = tmp_path / "mounted-disk"
         not_a_directory.write_text("the mount is missing")
         monkeypatch.setenv("BACKUP_OPS_CONFIG", str(write_config(tmp_path, {"usb": not_a_directory})))
-        with pytest.raises(DestinationError, match=f"Destination usb: directory {not_a_directory} does not exist"):
+        with fails_at_once(f"Destination usb: directory {not_a_directory} does not exist", DestinationError):
             run_cleanup("usb")
+
+
+class TestDamagedArchives:
+    """Issue 8, point 1: cleanup never trades a good backup for a damaged one."""
+
+    def test_a_truncated_newest_backup_does_not_cost_the_intact_ones(self, local: Path,
+                                                                     capfd: pytest.CaptureFixture) -> None:
+        # laravel-backup's 2 MB scenario, but the newest archive lost half its bytes after it was published.
+        newest, second, third, fourth = four_daily_backups(local)
+        truncate(local, newest, MIB // 2)
+
+        summary = run_cleanup("local")
+
+        assert sorted(files_below(local)) == sorted([newest, f"{newest}.json", second, f"{second}.json",
+                                                     third, f"{third}.json"])
+        damage = f"{newest}: damaged (size differs: {MIB // 2} bytes, but its receipt says {MIB})"
+        assert summary["damaged"] == [damage]
+        assert (summary["kept"], summary["deleted"]) == (3, 1)
+        out = capfd.readouterr().out
+        assert f"DAMAGED: {newest}: size differs: {MIB // 2} bytes, but its receipt says {MIB}. It is kept" in out
+        assert (f"Keeping {newest} (rule: damaged, kept for a human: size differs: {MIB // 2} bytes, but its "
+                f"receipt says {MIB})") in out
+        assert f"Keeping {second} (rule: newest)" in out
+        assert f"Deleting {fourth} (rule: storage limit 2 MB exceeded)" in out
+
+    def test_a_destination_whose_every_archive_is_damaged_fails_and_keeps_them(self, local: Path) -> None:
+        keys = four_daily_backups(local)
+        for key in keys:
+            truncate(local, key, 10)
+        before = files_below(local)
+
+        with fails_at_once(r"Destination local: all 4 backup\(s\) are damaged .* none was deleted", DestinationError):
+            run_cleanup("local")
+        assert files_below(local) == before
+        with fails_at_once(r"all 4 backup\(s\) are damaged", DestinationError):
+            run_cleanup("local", dry_run=True)
+
+    def test_archives_without_receipts_are_unverified_and_planned_by_date(self, local: Path,
+                                                                         capfd: pytest.CaptureFixture) -> None:
+        # A laravel-backup destination: no receipts at all. Nothing is damaged, retention is laravel-backup's.
+        keys = [make_backup(local, stamp(NOW - timedelta(days=n)), NOW - timedelta(days=n), receipt=False)
+                for n in range(1, 5)]
+        summary = run_cleanup("local")
+        assert sorted(files_below(local)) == sorted(keys[:2])
+        assert (summary["damaged"], summary["deleted"]) == ([], 2)
+        assert f"Unverified: {keys[0]}: no receipt beside it" in capfd.readouterr().out
+
+
+class TestLeftovers:
+    """Issue 8, point 10: what failed publishes left behind goes after a day, logged and counted."""
+
+    def test_old_orphan_receipts_and_partial_copies_go_young_ones_stay(self, local: Path,
+                                                                        capfd: pytest.CaptureFixture) -> None:
+        make_backup(local, stamp(NOW - timedelta(days=1)), NOW - timedelta(days=1))
+        folder = local / BACKUP_NAME
+        two_days_ago = (datetime.now(UTC) - timedelta(days=2)).timestamp()
+        old_receipt, young_receipt = folder / "2015-12-30-02-00-00.zip.json", folder / "2015-12-31-02-00-00.zip.json"
+        partial = folder / ".2015-12-30-02-00-00.zip.0badc0de.partial"
+        for file in (old_receipt, young_receipt, partial):
+            file.write_text("{}")
+        for file in (old_receipt, partial):
+            os.utime(file, (two_days_ago, two_days_ago))
+
+        assert run_cleanup("local", dry_run=True)["leftovers"] == 2
+        assert old_receipt.exists() and partial.exists()
+        assert f"Would remove orphan receipt {BACKUP_NAME}/{old_receipt.name}" in capfd.readouterr().out
+
+        assert run_cleanup("local")["leftovers"] == 2
+        assert not old_receipt.exists() and not partial.exists()
+        assert young_receipt.exists()  # may belong to a publish still running
+        out = capfd.readouterr().out
+        assert f"Removed partial copy {BACKUP_NAME}/{partial.name}" in out
+        assert "removed 2 of 2 leftover(s)" in out
 
 
 class TestCleanupMoment:
@@ -271,22 +378,48 @@ class TestCleanupMoment:
 
 
 class TestReportCleanup:
-    def summary(self, name: str, deleted: int = 1) -> dict[str, Any]:
+    def summary(self, name: str, deleted: int = 1, damaged: tuple[str, ...] = ()) -> dict[str, Any]:
         return {"destination": name, "kept": 2, "deleted": deleted, "bytes_freed": deleted * MIB,
-                "used_after": 2 * MIB, "dry_run": False, "now": NOW.isoformat()}
+                "used_after": 2 * MIB, "dry_run": False, "now": NOW.isoformat(), "damaged": list(damaged),
+                "leftovers": 1}
 
     def test_totals_when_every_destination_was_cleaned(self) -> None:
         result = report_cleanup(["a", "b"], [self.summary("a"), self.summary("b", deleted=3)])
-        assert result == {"destinations": ["a", "b"], "kept": 4, "deleted": 4, "bytes_freed": 4 * MIB}
+        assert result == {"destinations": ["a", "b"], "kept": 4, "deleted": 4, "bytes_freed": 4 * MIB,
+                          "leftovers": 2}
 
     def test_a_single_unwrapped_summary_is_accepted(self) -> None:
         assert report_cleanup(["a"], self.summary("a"))["deleted"] == 1
 
-    def test_destinations_without_a_summary_are_named(self) -> None:
-        with pytest.raises(DestinationError, match=r"Cleanup failed on destination\(s\) b, c \(cleaned: a\)"):
-            report_cleanup(["a", "b", "c"], [self.summary("a")])
-        with pytest.raises(DestinationError, match=r"Cleanup failed on destination\(s\) a;"):
-            report_cleanup(["a"], None)
+    def test_each_failed_task_is_named_with_its_cause(self) -> None:
+        notes = [{"task": "cleanup", "map_index": 1, "error": "Destination b: first attempt's cause."},
+                 {"task": "cleanup", "map_index": 1, "error": "Destination b: directory /mnt/b does not exist."},
+                 {"task": "cleanup", "map_index": 2, "error": "Destination c: bucket gone."}]
+        states = {"cleanup_0": "success", "cleanup_1": "failed", "cleanup_2": "failed"}
+        with pytest.raises(DestinationError) as caught:
+            report_cleanup(["a", "b", "c"], [self.summary("a")], states, notes)
+        assert str(caught.value) == (
+            "Cleanup failed on destination(s) b, c (cleaned: a). cleanup[b] failed: Destination b: directory /mnt/b "
+            "does not exist. cleanup[c] failed: Destination c: bucket gone.")
+        assert caught.value.retryable is False
+
+    def test_a_task_that_never_ran_is_not_blamed_as_failed(self) -> None:
+        states = {"cleanup_0": "upstream_failed", "cleanup_1": "failed"}
+        with pytest.raises(DestinationError) as caught:
+            report_cleanup(["a", "b"], None, states, [])
+        assert str(caught.value) == ("Cleanup failed on destination(s) a, b. cleanup[a] did not run (state "
+                                     "upstream_failed). cleanup[b] failed: its cause was not recorded; see the task "
+                                     "log.")
+        with pytest.raises(DestinationError, match=r"cleanup\[a\] has no task instance in this run"):
+            report_cleanup(["a"], None, {}, [])
+
+    def test_damaged_archives_fail_the_report_although_every_destination_was_cleaned(self) -> None:
+        damage = "mysite/x.zip: damaged (size differs: 1 bytes, but its receipt says 2)"
+        with pytest.raises(DestinationError) as caught:
+            report_cleanup(["a", "b"], [self.summary("a"), self.summary("b", damaged=(damage,))],
+                           {"cleanup_0": "success", "cleanup_1": "success"})
+        assert str(caught.value) == ("Cleanup found 1 damaged archive(s) and kept them for a human to inspect and "
+                                     f"delete by hand (see docs/runbook.md): b: {damage}.")
 
 
 # ---------------------------------------------------------------------------- DAG runs
@@ -333,11 +466,34 @@ class TestBackupCleanupDag:
         assert sorted(files_below(good)) == sorted([newest, f"{newest}.json", second, f"{second}.json"])
         out = capfd.readouterr().out
         assert "retention measured from 2016-01-01T22:00:00+00:00" in out
-        assert f"Destination broken: directory {broken} does not exist" in out
-        assert "Cleanup failed on destination(s) broken (cleaned: good)" in out
+        cause = f"Destination broken: directory {broken} does not exist; create it or fix destination path."
+        # The report's own error names the failed task and its cause (issue 8, point 6), not just a destination.
+        assert f"Cleanup failed on destination(s) broken (cleaned: good). cleanup[broken] failed: {cause}" in out
         assert [m["Subject"] for m in mailbox.messages] == ["[backup-ops] mysite: cleanup FAILED"]
         (body,) = mailbox.bodies()
-        assert f"cleanup[1]: Destination broken: directory {broken} does not exist" in body
+        assert f"failed cleanup tasks:\ncleanup[broken] failed: {cause}" in body
+        # ALL_DONE downstream of every mapped cleanup task: the report ran after each of them had ended.
+        by_task = {(ti.task_id, ti.map_index): ti for ti in run.get_task_instances()}
+        assert by_task[("report", -1)].start_date >= max(ti.end_date for (task, _), ti in by_task.items()
+                                                           if task == "cleanup")
+
+    def test_a_damaged_archive_fails_the_report_and_reaches_the_mail(
+        self, local: Path, airflow_db: None, mailbox: Any, capfd: pytest.CaptureFixture
+    ) -> None:
+        set_notifications(Path(os.environ["BACKUP_OPS_CONFIG"]), mail={"to": "ops@example.com",
+                                                                        "from": "backups@example.com"})
+        newest, second, third, _ = four_daily_backups(local)
+        truncate(local, newest, 100)
+
+        run = parse_cleanup_dag().test(logical_date=NOW)
+
+        states = {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances()}
+        assert states == {("cleanup", 0): "success", ("report", -1): "failed"}
+        assert sorted(files_below(local)) == sorted(f"{k}{s}" for k in (newest, second, third) for s in ("", ".json"))
+        damage = f"local: {newest}: damaged (size differs: 100 bytes, but its receipt says {MIB})"
+        assert "Cleanup found 1 damaged archive(s) and kept them for a human" in capfd.readouterr().out
+        (body,) = mailbox.bodies()
+        assert f"damaged archives (kept for a human; see docs/runbook.md):\n{damage}" in body
 
     def test_dry_run_param_deletes_nothing(
         self, local: Path, airflow_db: None, capfd: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture

@@ -51,8 +51,11 @@ EXPECTED_SURVIVORS = {
 }
 NOT_BACKUPS = {
     f"{BACKUP_NAME}/README.txt": b"not a backup",
-    f"{BACKUP_NAME}/.test_20130101_first.zip.0badc0de.partial": b"an interrupted copy",
     f"{BACKUP_NAME}/test_20130101_first.tar.gz": b"another tool's archive",
+}
+# Left behind by an interrupted publish long ago: not a backup, but cleanup removes it (a leftover).
+LEFTOVERS = {
+    f"{BACKUP_NAME}/.test_20130101_first.zip.0badc0de.partial": b"an interrupted copy",
 }
 
 
@@ -68,7 +71,7 @@ def laravel_history(root: Path) -> None:
             (folder / f"{archive.name}.json").write_text('{"size": 22}\n')
             os.utime(archive, (moment.timestamp(), moment.timestamp()))
     ancient = (NOW - timedelta(days=5000)).timestamp()
-    for relative, content in NOT_BACKUPS.items():
+    for relative, content in {**NOT_BACKUPS, **LEFTOVERS}.items():
         path = root / relative
         path.write_bytes(content)
         os.utime(path, (ancient, ancient))
@@ -151,6 +154,11 @@ class TestCleanupBlackBox:
     def test_files_that_are_not_backups_are_untouched(self, cleaned: dict[str, Any]) -> None:
         after, before = files_below(cleaned["backups"]), cleaned["before"]
         assert {path: after.get(path) for path in NOT_BACKUPS} == {path: before[path] for path in NOT_BACKUPS}
+
+    def test_leftovers_of_interrupted_publishes_are_removed(self, cleaned: dict[str, Any]) -> None:
+        assert set(LEFTOVERS) <= set(cleaned["before"])
+        assert not set(LEFTOVERS) & set(files_below(cleaned["backups"]))
+        assert f"Removed partial copy {next(iter(LEFTOVERS))}" in cleaned["log"]
 
     def test_every_decision_is_logged_with_its_rule(self, cleaned: dict[str, Any]) -> None:
         log = cleaned["log"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -42,6 +45,52 @@ def test_list_shows_one_row_per_destination(tmp_path, capsys):
     assert "does not exist" in out
 
 
+def published_backups(root: Path, sizes: dict[str, int]) -> None:
+    """Archives of zero bytes with the receipts backup-ops writes beside them."""
+    import hashlib
+
+    from backup_ops.adapters.destinations.base import receipt_bytes
+    from backup_ops.core.models import Receipt
+
+    (root / "app").mkdir(parents=True)
+    for name, size in sizes.items():
+        (root / "app" / name).write_bytes(bytes(size))
+        receipt = Receipt(name, size, hashlib.sha256(bytes(size)).hexdigest(), "2026-11-26T02:00:00+00:00")
+        (root / "app" / f"{name}.json").write_bytes(receipt_bytes(receipt))
+
+
+def test_list_output_of_a_healthy_destination_is_laravel_backups_table(tmp_path):
+    from backup_ops.cli import destination_statuses, render_table
+    from backup_ops.core.config import load_config
+
+    published_backups(tmp_path / "disk", {"2026-11-25-02-00-00.zip": 2048, "2026-11-26-02-00-00.zip": 1024})
+    config = load_config(write_config(tmp_path, [{"name": "disk", "type": "local", "path": str(tmp_path / "disk")}]))
+    now = datetime(2026, 11, 27, 2, tzinfo=UTC)
+    assert render_table(destination_statuses(config), now) == "\n".join([
+        "+------+-------------+-----------+--------------+------------------+--------------+",
+        "| Name | Destination | Reachable | # of backups | Newest backup    | Used storage |",
+        "+------+-------------+-----------+--------------+------------------+--------------+",
+        "| app  | disk        | yes       | 2            | 1.00 (1 day ago) | 3.00 KB      |",
+        "+------+-------------+-----------+--------------+------------------+--------------+",
+        f"disk: {(tmp_path / 'disk').as_uri()}",
+    ])
+
+
+def test_list_marks_damaged_archives_below_the_table(tmp_path, capsys):
+    published_backups(tmp_path / "disk", {"2026-11-25-02-00-00.zip": 2048, "2026-11-26-02-00-00.zip": 1024})
+    os.truncate(tmp_path / "disk" / "app" / "2026-11-26-02-00-00.zip", 100)  # the newest lost its tail
+    config = write_config(tmp_path, [{"name": "disk", "type": "local", "path": str(tmp_path / "disk")}])
+
+    assert main(["--config", str(config), "list"]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    assert [c.strip() for c in lines[1].strip("|").split("|")] == [
+        "Name", "Destination", "Reachable", "# of backups", "Newest backup", "Used storage"]
+    assert lines[-2:] == ["disk: DAMAGED app/2026-11-26-02-00-00.zip: size differs: 100 bytes, but its receipt "
+                          "says 1024",
+                          "disk: newest intact backup: app/2026-11-25-02-00-00.zip"]
+
+
 def test_age_text_matches_laravel_format():
     now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
     assert age_text(now - timedelta(days=1, hours=1), now) == "1.04 (1 day ago)"
@@ -56,7 +105,8 @@ def test_bad_config_is_one_line_error(tmp_path, capsys):
     assert err.startswith("error: backup.name must be") and err.count("\n") == 1
 
 
-def test_verify_command_ok_and_wrong_password(tmp_path):
+def built_archive(tmp_path: Path) -> Path:
+    """A small AES archive with password "pw", one file and one file recorded as skipped."""
     from backup_ops.core.archive import build_archive
     from backup_ops.core.config import FileSource
     from backup_ops.core.files import select_files
@@ -65,6 +115,7 @@ def test_verify_command_ok_and_wrong_password(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_text("hello")
+    os.mkfifo(src / "queue")
     target = tmp_path / "2026-11-26-02-00-00.zip"
 
     def manifest(members):
@@ -74,13 +125,67 @@ def test_verify_command_ok_and_wrong_password(tmp_path):
 
     build_archive(target, dumps=[], files=select_files(FileSource(include=(src,), relative_path=src)),
                   password=b"pw", encryption="aes256", compression_level=6, make_manifest=manifest)
-    env = {"PYTHONPATH": str(ROOT / "plugins"), "PATH": "/usr/bin:/bin"}
-    ok = subprocess.run([sys.executable, "-m", "backup_ops", "verify", str(target)], capture_output=True,
-                        text=True, env={**env, "BACKUP_ARCHIVE_PASSWORD": "pw"}, stdin=subprocess.DEVNULL, check=False)
+    return target
+
+
+def run_verify(target: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {"PYTHONPATH": str(ROOT / "plugins"), "PATH": "/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", "backup_ops", "verify", str(target), *args], capture_output=True,
+                          text=True, env={**base, **(env or {})}, stdin=subprocess.DEVNULL, check=False)
+
+
+def test_verify_command_ok_and_wrong_password(tmp_path):
+    target = built_archive(tmp_path)
+    ok = run_verify(target, env={"BACKUP_ARCHIVE_PASSWORD": "pw"})
     assert ok.returncode == 0, ok.stderr
     assert "OK" in ok.stdout and "files: 1" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "backup_ops", "verify", str(target)], capture_output=True,
-                         text=True, env={**env, "BACKUP_ARCHIVE_PASSWORD": "nope"}, stdin=subprocess.DEVNULL,
-                         check=False)
+    assert "skipped when the backup was taken: 1 (1 fifo)" in ok.stdout
+    assert "queue: is a FIFO [fifo]" in ok.stdout
+    bad = run_verify(target, env={"BACKUP_ARCHIVE_PASSWORD": "nope"})
     assert bad.returncode == 1
     assert "Wrong archive password" in bad.stderr
+
+
+def test_verify_password_errors_name_the_environment_variable_actually_read(tmp_path):
+    target = built_archive(tmp_path)
+    wrong = run_verify(target, env={"BACKUP_ARCHIVE_PASSWORD": "nope"})
+    assert wrong.stderr == (f"error: Wrong archive password for {target}: check the environment variable "
+                            "BACKUP_ARCHIVE_PASSWORD (--password-env).\n")
+    other = run_verify(target, "--password-env", "RESTORE_PW", env={"RESTORE_PW": "nope"})
+    assert "check the environment variable RESTORE_PW (--password-env)." in other.stderr
+    missing = run_verify(target)  # not set, and no terminal to ask in
+    assert missing.returncode == 1
+    assert missing.stderr == (f"error: Archive {target} is encrypted but no password was given: set the environment "
+                              "variable BACKUP_ARCHIVE_PASSWORD (--password-env).\n")
+    for result in (wrong, other, missing):
+        assert "backup_archive_password variable" not in result.stderr
+
+
+def test_verify_password_typed_at_the_prompt_is_named_as_such(tmp_path):
+    target = built_archive(tmp_path)
+    primary, replica = os.openpty()
+    env = {"PYTHONPATH": str(ROOT / "plugins"), "PATH": "/usr/bin:/bin"}
+    # A new session has no controlling terminal, so getpass prompts on stderr and reads the pty on stdin.
+    proc = subprocess.Popen([sys.executable, "-m", "backup_ops", "verify", str(target)], stdin=replica,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    os.close(replica)
+    try:
+        prompt = b""
+        deadline = time.monotonic() + 30
+        while b"Archive password" not in prompt and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stderr], [], [], 1)
+            if ready:
+                chunk = os.read(proc.stderr.fileno(), 4096)
+                if not chunk:
+                    break
+                prompt += chunk
+        assert b"Archive password" in prompt, prompt
+        time.sleep(0.2)  # getpass flushes pending input when it turns echo off, right after the prompt
+        os.write(primary, b"nope\n")
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(primary)
+    assert proc.returncode == 1
+    assert f"error: Wrong archive password for {target}: check the password typed at the prompt." in err.decode()

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
+from backup_ops.core.cleanup_guard import refusal_reason
 from backup_ops.core.config import RetentionSettings
 from backup_ops.core.errors import ConfigError
-from backup_ops.core.models import BackupFile
+from backup_ops.core.models import ArchiveIntegrity, BackupFile, Integrity
 from backup_ops.core.retention import (
     CleanupPlan,
     RetentionPeriod,
@@ -468,6 +469,99 @@ class TestMinBackupsKeptFloor:
         backups = [days_ago(n, f"b{n}.zip") for n in (1, 2, 3)]
         plan = checked_plan(backups, RetentionPolicy(min_backups_kept=2))
         assert not any(r.startswith("min_backups_kept") for r in plan.reasons.values())
+
+
+# ---------------------------------------------------------------------------- integrity facts (issue 8, point 1)
+
+
+def intact(path: str) -> ArchiveIntegrity:
+    return ArchiveIntegrity(path, Integrity.INTACT, "size and SHA-256 (hashed from the file) match the receipt")
+
+
+def damaged(path: str) -> ArchiveIntegrity:
+    return ArchiveIntegrity(path, Integrity.DAMAGED, "size differs: 512 bytes, but its receipt says 1048576")
+
+
+def unverified(path: str) -> ArchiveIntegrity:
+    return ArchiveIntegrity(path, Integrity.UNVERIFIED, "no receipt beside it")
+
+
+def integrity_plan(backups: Sequence[BackupFile], policy: RetentionPolicy,
+                   checks: Sequence[ArchiveIntegrity]) -> CleanupPlan:
+    """Plan with integrity facts and assert what must hold whatever they say."""
+    plan = plan_cleanup(backups, policy, NOW, checks)
+    assert paths(plan.keep) | paths(plan.delete) == paths(backups) and not paths(plan.keep) & paths(plan.delete)
+    assert set(plan.reasons) == paths(backups)
+    bad = {c.path for c in checks if c.damaged}
+    assert bad <= paths(plan.keep), "a damaged archive is never deleted silently"
+    for path in bad:
+        assert plan.reasons[path].startswith("damaged, kept for a human: ")
+    good = [b for b in sorted(backups, key=lambda b: b.date, reverse=True)
+            if b.path in {c.path for c in checks if c.intact}]
+    if good:
+        assert good[0] in plan.keep, "the newest intact backup is never deleted"
+    assert plan_cleanup(list(reversed(backups)), policy, NOW, checks) == plan
+    return plan
+
+
+class TestIntegrity:
+    def test_a_truncated_newest_backup_does_not_cost_the_intact_ones(self) -> None:
+        # Issue 8, point 1: with a storage cap, laravel-backup's rules keep the newest (truncated)
+        # archive and delete every intact one to make room for it.
+        backups = [days_ago(1, "b1.zip", size=MIB // 2), days_ago(2, "b2.zip"), days_ago(3, "b3.zip")]
+        policy = RetentionPolicy(delete_oldest_backups_when_using_more_megabytes_than=1)
+        assert paths(plan_cleanup(backups, policy, NOW).keep) == {"b1.zip"}  # without the facts
+
+        plan = integrity_plan(backups, policy, [damaged("b1.zip"), intact("b2.zip")])
+
+        assert [b.path for b in plan.keep] == ["b1.zip", "b2.zip"]
+        assert plan.reasons == {
+            "b1.zip": "damaged, kept for a human: size differs: 512 bytes, but its receipt says 1048576",
+            "b2.zip": "newest",
+            "b3.zip": "storage limit 1 MB exceeded",
+        }
+
+    def test_damaged_archives_do_not_count_toward_the_storage_limit(self) -> None:
+        backups = [days_ago(1, "b1.zip", size=10 * MIB), days_ago(2, "b2.zip"), days_ago(3, "b3.zip")]
+        plan = integrity_plan(backups, RetentionPolicy(delete_oldest_backups_when_using_more_megabytes_than=2),
+                              [damaged("b1.zip"), intact("b2.zip")])
+        assert plan.delete == []
+
+    def test_an_unverified_newer_backup_does_not_replace_the_newest_intact_one(self) -> None:
+        backups = [days_ago(1, "b1.zip"), days_ago(2, "b2.zip"), days_ago(3, "b3.zip")]
+        plan = integrity_plan(backups, RetentionPolicy(delete_oldest_backups_when_using_more_megabytes_than=1),
+                              [unverified("b1.zip"), intact("b2.zip")])
+        assert [b.path for b in plan.keep] == ["b1.zip", "b2.zip"]
+        assert plan.reasons["b1.zip"] == "newest"
+        assert plan.reasons["b2.zip"] == "newest intact backup (instead of: storage limit 1 MB exceeded)"
+
+    def test_unverified_archives_are_planned_like_laravel_backup(self) -> None:
+        backups = [days_ago(n, f"b{n}.zip") for n in (1, 2, 3, 4)]
+        policy = RetentionPolicy(delete_oldest_backups_when_using_more_megabytes_than=2)
+        checks = [unverified(b.path) for b in backups]
+        assert integrity_plan(backups, policy, checks).reasons == checked_plan(backups, policy).reasons
+
+    def test_every_archive_damaged_keeps_everything(self) -> None:
+        backups = [days_ago(n, f"b{n}.zip") for n in (1, 2, 3)]
+        plan = integrity_plan(backups, RetentionPolicy(delete_oldest_backups_when_using_more_megabytes_than=1),
+                              [damaged(b.path) for b in backups])
+        assert plan.delete == [] and len(plan.keep) == 3
+
+    def test_the_floor_counts_only_undamaged_backups(self) -> None:
+        backups = [days_ago(n, f"b{n}.zip") for n in (1, 2, 3, 4)]
+        policy = RetentionPolicy(delete_oldest_backups_when_using_more_megabytes_than=1, min_backups_kept=2)
+        plan = integrity_plan(backups, policy, [damaged("b1.zip"), intact("b2.zip"), intact("b3.zip")])
+        assert [b.path for b in plan.keep] == ["b1.zip", "b2.zip", "b3.zip"]
+        assert plan.reasons["b3.zip"] == "min_backups_kept floor (instead of: storage limit 1 MB exceeded)"
+
+    def test_the_guard_refuses_a_plan_that_deletes_a_damaged_or_the_newest_intact_archive(self) -> None:
+        backups = [days_ago(n, f"app/b{n}.zip") for n in (1, 2, 3)]
+        policy = RetentionPolicy(delete_oldest_backups_when_using_more_megabytes_than=1)
+        laravel = plan_cleanup(backups, policy, NOW)  # keeps app/b1 only
+        assert refusal_reason(laravel, backups, policy, "app") is None
+        for checks in ([damaged("app/b2.zip")], [unverified("app/b1.zip"), intact("app/b2.zip")]):
+            assert refusal_reason(laravel, backups, policy, "app", checks) == (
+                "the retention plan would delete a damaged archive or the newest intact backup (a bug in the planner).")
 
 
 # ---------------------------------------------------------------------------- reasons, reporting, input

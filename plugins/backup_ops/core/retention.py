@@ -20,6 +20,12 @@ The algorithm, newest backup first:
    remaining one is deleted.
 
 On top of that, ``min_backups_kept`` is a floor that no rule goes below. See docs/retention.md.
+
+Integrity facts, when the caller passes them (``plan_cleanup(..., integrity=checks)``), come first:
+a damaged archive (its size or SHA-256 contradicts its receipt) is set aside before any rule runs,
+kept for a human and never counted as a backup, so the rules above apply to the others; and the
+newest archive known to be intact is never deleted, even when an unverified one is newer. The
+facts are gathered by the caller (the cleanup step asks the destination); this module does no I/O.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backup_ops.core.errors import ConfigError
-from backup_ops.core.models import BackupFile
+from backup_ops.core.models import ArchiveIntegrity, BackupFile
 
 __all__ = [
     "CleanupPlan",
@@ -53,6 +59,8 @@ _EARLIEST = datetime.min.replace(tzinfo=UTC)
 REASON_NEWEST = "newest"
 REASON_KEEP_ALL = "keep-all window"
 REASON_FLOOR = "min_backups_kept floor"
+REASON_NEWEST_INTACT = "newest intact backup"
+REASON_DAMAGED = "damaged, kept for a human"
 
 
 # ---------------------------------------------------------------------------- calendar arithmetic
@@ -303,27 +311,49 @@ class CleanupPlan:
         ]
 
 
-def plan_cleanup(backups: Sequence[BackupFile], policy: RetentionPolicy, now: datetime) -> CleanupPlan:
+def plan_cleanup(backups: Sequence[BackupFile], policy: RetentionPolicy, now: datetime,
+                 integrity: Sequence[ArchiveIntegrity] = ()) -> CleanupPlan:
     """Decide which backups to keep and which to delete, exactly as laravel-backup's ``DefaultStrategy``.
 
     ``now`` is the moment the periods are measured from (the run's logical date, never the clock),
     so re-planning the same backups for the same ``now`` decides the same. Raises ValueError for
     duplicate paths, negative sizes or naive datetimes.
+
+    ``integrity`` is what checking some of the archives against their receipts showed. A damaged
+    archive is kept (reason ``damaged, kept for a human: …``) and otherwise ignored: it is not the
+    newest, does not count toward the storage limit or ``min_backups_kept``, and protects nothing.
+    The newest archive checked intact is never deleted (``newest intact backup (instead of: …)``),
+    even when that exceeds the storage limit. Without ``integrity`` the plan is laravel-backup's.
     """
     _require_aware("now", now)
     _check_backups(backups)
     periods = policy.periods(now)
-    if not backups:
-        return CleanupPlan(keep=[], delete=[], reasons={}, periods=periods)
-
+    checks = {check.path: check for check in integrity}
     # Newest first by whole seconds, ties in input order: laravel-backup sorts by the integer
     # timestamp with PHP's stable sort, and which of two same-second backups counts as "newest"
     # decides which one survives.
     ordered = sorted(backups, key=lambda backup: -((backup.date - _EPOCH) // _ONE_SECOND))
+    candidates = [b for b in ordered if not (b.path in checks and checks[b.path].damaged)]
+    newest_intact = next((i for i, b in enumerate(candidates) if b.path in checks and checks[b.path].intact), None)
+    decisions = _decide(candidates, policy, periods, newest_intact)
+    deleted = {candidates[i].path for i in range(len(candidates)) if decisions.deleted[i]}
+    rules = {candidates[i].path: decisions.reason(i) for i in range(len(candidates))}
+    return CleanupPlan(
+        keep=[b for b in ordered if b.path not in deleted],
+        delete=[b for b in ordered if b.path in deleted],
+        reasons={b.path: rules.get(b.path) or f"{REASON_DAMAGED}: {checks[b.path].detail}" for b in ordered},
+        periods=periods,
+    )
+
+
+def _decide(ordered: list[BackupFile], policy: RetentionPolicy, periods: tuple[RetentionPeriod, ...],
+            newest_intact: int | None) -> _Decisions:
+    """Apply the rules to ``ordered`` (newest first, damaged archives already set aside)."""
     decisions = _Decisions(len(ordered))
+    if not ordered:
+        return decisions
     decisions.keep(0, REASON_NEWEST)
     rest = range(1, len(ordered))
-
     for index in rest:
         if ordered[index].date > periods[0].start:
             decisions.keep(index, REASON_KEEP_ALL)
@@ -331,14 +361,11 @@ def plan_cleanup(backups: Sequence[BackupFile], policy: RetentionPolicy, now: da
         _thin_period(ordered, rest, period, decisions)
     _delete_older_than(ordered, rest, periods[-1].end, decisions)
     _enforce_storage_limit(ordered, policy.storage_limit_bytes, decisions)
+    if newest_intact is not None and decisions.deleted[newest_intact]:
+        # An unverified archive is newer: it may be good, but only this one is known to be.
+        decisions.restore(newest_intact, f"{REASON_NEWEST_INTACT} (instead of: {decisions.reason(newest_intact)})")
     _apply_floor(ordered, policy.min_backups_kept, decisions)
-
-    return CleanupPlan(
-        keep=[ordered[i] for i in range(len(ordered)) if not decisions.deleted[i]],
-        delete=[ordered[i] for i in range(len(ordered)) if decisions.deleted[i]],
-        reasons={ordered[i].path: decisions.reason(i) for i in range(len(ordered))},
-        periods=periods,
-    )
+    return decisions
 
 
 class _Decisions:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
-from backup_ops.adapters.destinations.base import BackupDestination, PublishedBackup, receipt_path
+from backup_ops.adapters.destinations.base import (
+    ArchiveNameClash,
+    BackupDestination,
+    Leftover,
+    PublishedBackup,
+    receipt_path,
+)
 
-__all__ = ["BackupDestination", "PublishedBackup", "receipt_path"]
+__all__ = ["ArchiveNameClash", "BackupDestination", "Leftover", "PublishedBackup", "receipt_path"]

@@ -1,10 +1,12 @@
-"""A destination on a local (or mounted) file system: atomic publish with fsync and rename."""
+"""A destination on a local (or mounted) file system: atomic, exclusive publish with fsync and hard links."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
+import re
 import secrets
 import time
 from contextlib import AbstractContextManager
@@ -13,19 +15,29 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from backup_ops.adapters.destinations.base import (
+    RECEIPT_SUFFIX,
     BackupDestination,
+    Leftover,
     PublishedBackup,
     backup_from_listing,
+    clash,
     receipt_bytes,
     receipt_from_bytes,
     receipt_path,
+    receipt_to_compare,
+    same_archive,
+    sha256_verdict,
+    size_differs,
     sorted_newest_first,
 )
 from backup_ops.core.errors import DestinationError, VerificationError
 from backup_ops.core.fileio import CHUNK_SIZE, fsync_directory, sha256_of_stream
-from backup_ops.core.models import BackupFile, Receipt, is_backup_key
+from backup_ops.core.models import ArchiveIntegrity, BackupFile, Integrity, Receipt, is_backup_key
+
+log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
+_PARTIAL_NAME = re.compile(r"\..+\.[0-9a-f]{8}" + re.escape(PARTIAL_SUFFIX))
 
 
 class LocalDestination(BackupDestination):
@@ -53,11 +65,13 @@ class LocalDestination(BackupDestination):
         folder = self.root / self.backup_name
         if not self.root.is_dir():
             raise DestinationError(
-                f"Destination {self.name}: directory {self.root} does not exist; create it or fix destination path."
+                f"Destination {self.name}: directory {self.root} does not exist; create it or fix destination path.",
+                retryable=False,
             )
         probe_dir = folder if folder.is_dir() else self.root
         if not os.access(probe_dir, os.W_OK | os.X_OK):
-            raise DestinationError(f"Destination {self.name}: directory {probe_dir} is not writable by this process.")
+            raise DestinationError(f"Destination {self.name}: directory {probe_dir} is not writable by this process.",
+                                   retryable=False)
 
     def list_backups(self) -> list[BackupFile]:
         folder = self.root / self.backup_name
@@ -99,6 +113,36 @@ class LocalDestination(BackupDestination):
     def local_path(self, path: str) -> Path | None:
         return self._file(path)
 
+    def check_integrity(self, path: str) -> ArchiveIntegrity:
+        """Size from the file system, SHA-256 by hashing the file (reads the whole archive once)."""
+        file = self._file(path)
+        try:
+            data: bytes | None = self._file(receipt_path(path)).read_bytes()
+        except FileNotFoundError:
+            data = None
+        except OSError as exc:
+            raise DestinationError(f"Destination {self.name}: cannot read receipt of {path}: {exc.strerror}.") from exc
+        receipt = receipt_to_compare(path, data)
+        if isinstance(receipt, ArchiveIntegrity):
+            return receipt
+        try:
+            with open(file, "rb") as stream:
+                wrong_size = size_differs(path, os.fstat(stream.fileno()).st_size, receipt)
+                if wrong_size is not None:
+                    return wrong_size
+                digest, _ = sha256_of_stream(stream)
+        except FileNotFoundError:
+            return ArchiveIntegrity(path, Integrity.UNVERIFIED, "the archive disappeared while it was checked")
+        except OSError as exc:
+            if exc.errno == errno.EIO:  # the medium itself fails to return the bytes
+                return ArchiveIntegrity(path, Integrity.DAMAGED, f"unreadable: {exc.strerror}")
+            raise DestinationError(f"Destination {self.name}: cannot read {file}: {exc.strerror}.") from exc
+        return sha256_verdict(path, digest, receipt, "hashed from the file")
+
+    def name_taken(self, file_name: str) -> bool:
+        final = self._file(self.backup_key(file_name))
+        return os.path.lexists(final) or os.path.lexists(_receipt_file(final))
+
     def publish(self, source: Path, file_name: str, receipt: Receipt) -> PublishedBackup:
         key = self.backup_key(file_name)
         final = self._file(key)
@@ -107,12 +151,24 @@ class LocalDestination(BackupDestination):
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.exists():
                 return self._already_published(key, final, receipt, started)
-            _write_atomically(_receipt_file(final), receipt_bytes(receipt))
+            self._claim_receipt(final, receipt)
+        except OSError as exc:
+            raise _os_error(self.name, final, exc) from exc
+        try:
             digest, size = _copy_atomically(source, final)
         except FileExistsError:
-            return self._already_published(key, final, receipt, started)
-        except OSError as exc:
-            raise DestinationError(_os_error_sentence(self.name, final, exc)) from exc
+            # An archive appeared after this run claimed the receipt: not a backup-ops run's (it
+            # would have needed the receipt), so compare, and take the receipt back if it differs.
+            try:
+                return self._already_published(key, final, receipt, started)
+            except DestinationError:
+                self._remove_receipt(final, "another writer's archive took the name", beside_foreign_archive=True)
+                raise
+        except BaseException as exc:
+            self._remove_receipt(final, f"the copy failed ({type(exc).__name__})")
+            if isinstance(exc, OSError):
+                raise _os_error(self.name, final, exc) from exc
+            raise
         if digest != receipt.sha256 or size != receipt.size:
             self._discard(final)
             raise VerificationError(
@@ -123,14 +179,53 @@ class LocalDestination(BackupDestination):
         return PublishedBackup(self.name, key, self.location(key), size, digest, time.monotonic() - started)
 
     def _already_published(self, key: str, final: Path, receipt: Receipt, started: float) -> PublishedBackup:
-        with open(final, "rb") as existing:
-            digest, size = sha256_of_stream(existing)
-        if digest != receipt.sha256:
-            raise DestinationError(
-                f"Destination {self.name}: {final} already exists with different content; "
-                "backup-ops never overwrites an archive, so nothing was written."
-            )
+        """Accept an existing archive only when it holds the staged archive's bytes (a task retry)."""
+        try:
+            with open(final, "rb") as existing:
+                digest, size = sha256_of_stream(existing)
+            if digest != receipt.sha256:
+                raise clash(self.name, self.location(key), "another run's archive", receipt)
+            self._claim_receipt(final, receipt)  # puts back a receipt that went missing
+        except OSError as exc:
+            raise _os_error(self.name, final, exc) from exc
         return PublishedBackup(self.name, key, self.location(key), size, digest, time.monotonic() - started, True)
+
+    def _claim_receipt(self, final: Path, receipt: Receipt) -> None:
+        """Create the receipt, never replacing one; an earlier attempt's receipt for the same bytes is kept."""
+        file = _receipt_file(final)
+        if not file.exists():
+            try:
+                _create_exclusively(file, receipt_bytes(receipt))
+                return
+            except FileExistsError:
+                pass  # another writer was faster; compare below
+        try:
+            existing = receipt_from_bytes(file.read_bytes())
+        except FileNotFoundError:  # removed in between: claim it now (never overwriting)
+            _create_exclusively(file, receipt_bytes(receipt))
+            return
+        if not same_archive(existing, receipt):
+            raise clash(self.name, self.location(file.relative_to(self.root).as_posix()), "another run's receipt",
+                        receipt)
+
+    def _remove_receipt(self, final: Path, why: str, *, beside_foreign_archive: bool = False) -> None:
+        """Best effort: remove this run's receipt when its archive could not be published.
+
+        Kept when an archive is there after all, unless that archive is another writer's (this
+        receipt describes other bytes, so it would make that archive look damaged).
+        """
+        if final.exists() and not beside_foreign_archive:
+            return
+        file = _receipt_file(final)
+        try:
+            file.unlink(missing_ok=True)
+            fsync_directory(file.parent)
+        except OSError as exc:
+            log.warning("Destination %s: could not remove the receipt %s after %s: %s; cleanup removes it after a day",
+                        self.name, file, why, exc.strerror or exc)
+            return
+        log.info("Destination %s: removed the receipt %s because %s and no archive was published", self.name, file,
+                 why)
 
     def verify_published(self, published: PublishedBackup) -> None:
         file = self._file(published.path)
@@ -158,6 +253,45 @@ class LocalDestination(BackupDestination):
             fsync_directory(file.parent)
         except OSError as exc:
             raise DestinationError(f"Destination {self.name}: cannot delete {file}: {exc.strerror}.") from exc
+
+    def find_leftovers(self, older_than: datetime) -> list[Leftover]:
+        """Receipts without their archive, and hidden ``.partial`` copies a killed publish left behind."""
+        folder = self.root / self.backup_name
+        found: list[Leftover] = []
+        if not folder.is_dir():
+            return found
+        try:
+            for dirpath, _dirnames, filenames in os.walk(folder, onerror=_raise):
+                present = set(filenames)
+                for file_name in filenames:
+                    archive = file_name[: -len(RECEIPT_SUFFIX)]
+                    if file_name.endswith(RECEIPT_SUFFIX) and is_backup_key(archive) and archive not in present:
+                        kind = "orphan receipt"
+                    elif _PARTIAL_NAME.fullmatch(file_name):
+                        kind = "partial copy"
+                    else:
+                        continue
+                    full = Path(dirpath) / file_name
+                    try:
+                        since = datetime.fromtimestamp(full.lstat().st_mtime, tz=UTC)
+                    except FileNotFoundError:
+                        continue
+                    if since < older_than:
+                        found.append(Leftover(kind, full.relative_to(self.root).as_posix(), since))
+        except OSError as exc:
+            raise DestinationError(f"Destination {self.name}: cannot list {folder}: {exc.strerror or exc}.") from exc
+        return found
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        file = self._file(leftover.path)
+        if leftover.kind == "orphan receipt" and file.with_name(file.name[: -len(RECEIPT_SUFFIX)]).exists():
+            log.info("Destination %s: %s has its archive now; kept", self.name, leftover.path)
+            return
+        try:
+            file.unlink(missing_ok=True)
+            fsync_directory(file.parent)
+        except OSError as exc:
+            raise DestinationError(f"Destination {self.name}: cannot remove {file}: {exc.strerror}.") from exc
 
     def _discard(self, final: Path) -> None:
         """Remove a bad copy and its receipt (used when a freshly published archive fails checks)."""
@@ -217,7 +351,8 @@ def _link_no_replace(partial: Path, final: Path) -> None:
         os.rename(partial, final)
 
 
-def _write_atomically(final: Path, data: bytes) -> None:
+def _create_exclusively(final: Path, data: bytes) -> None:
+    """Write ``data`` to a partial file, fsync, and link it into place; FileExistsError rather than replacing."""
     partial = _partial_name(final)
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -225,16 +360,18 @@ def _write_atomically(final: Path, data: bytes) -> None:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(partial, final)
+        _link_no_replace(partial, final)
+        fsync_directory(final.parent)
     finally:
         partial.unlink(missing_ok=True)
 
 
-def _os_error_sentence(name: str, final: Path, exc: OSError) -> str:
+def _os_error(name: str, final: Path, exc: OSError) -> DestinationError:
+    """One sentence for a failed write; a permission problem is permanent, a full disk may be freed."""
     if exc.errno == errno.ENOSPC:
-        return (f"Destination {name}: no space left on device while writing {final}; free space there; "
-                "earlier backups were not touched.")
+        return DestinationError(f"Destination {name}: no space left on device while writing {final}; free space "
+                                "there; earlier backups were not touched.")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return (f"Destination {name}: permission denied writing {final} ({exc.strerror}); "
-                "fix the directory's owner or mode.")
-    return f"Destination {name}: writing {final} failed: {exc.strerror or exc}."
+        return DestinationError(f"Destination {name}: permission denied writing {final} ({exc.strerror}); fix the "
+                                "directory's owner or mode.", retryable=False)
+    return DestinationError(f"Destination {name}: writing {final} failed: {exc.strerror or exc}.")

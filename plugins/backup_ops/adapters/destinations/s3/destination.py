@@ -2,8 +2,9 @@
 
 Objects live at ``<prefix>/<backup_name>/<file>`` in the bucket; every path this class takes or
 returns is relative to the destination root (without the prefix), exactly as for a local disk.
-Publishing writes the receipt first and the archive last (see upload.py for how the archive
-appears atomically and verify.py for how it is proven to be the bytes published).
+Publishing creates the receipt first, with ``If-None-Match: *`` so another run's is never
+replaced, and the archive last (see upload.py for how the archive appears atomically and
+verify.py for how it is proven to be the bytes published).
 """
 
 from __future__ import annotations
@@ -12,16 +13,22 @@ import logging
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from backup_ops.adapters.destinations.base import (
+    RECEIPT_SUFFIX,
     BackupDestination,
+    Leftover,
     PublishedBackup,
     backup_from_listing,
+    clash,
     receipt_bytes,
     receipt_from_bytes,
     receipt_path,
+    receipt_to_compare,
+    same_archive,
     sorted_newest_first,
 )
 from backup_ops.adapters.destinations.s3.bucket import Bucket, client_error, object_size
@@ -34,9 +41,9 @@ from backup_ops.adapters.destinations.s3.upload import (
     Uploader,
     part_size_for,
 )
-from backup_ops.adapters.destinations.s3.verify import Verifier
+from backup_ops.adapters.destinations.s3.verify import Verifier, integrity_of
 from backup_ops.core.errors import ConfigError, DestinationError, VerificationError
-from backup_ops.core.models import BackupFile, Receipt, is_backup_key
+from backup_ops.core.models import ArchiveIntegrity, BackupFile, Integrity, Receipt, is_backup_key
 
 if TYPE_CHECKING:
     from backup_ops.core.config import S3DestinationConfig
@@ -84,8 +91,9 @@ class S3Destination(BackupDestination):
         args = validate_upload_args(name, upload_args or {})
         owner = args.pop("ExpectedBucketOwner", None)
         self._root = f"{prefix}/" if prefix else ""
+        self._folder = f"{self._root}{backup_name}/"
         self._bucket = Bucket(name, bucket, conn_id=conn_id, expected_owner=owner,
-                              max_concurrency=max_concurrency, client=client)
+                              max_concurrency=max_concurrency, client=client, folder=self._folder)
         self._receipt_args = receipt_args(args)
         self._uploader = Uploader(self._bucket, args, max_concurrency)
         self._verifier = Verifier(self, self._bucket)
@@ -133,19 +141,21 @@ class S3Destination(BackupDestination):
             if status == 404 or code in ("404", "NoSuchBucket"):
                 raise DestinationError(
                     f"Destination {self.name}: bucket {self.bucket} does not exist at {self._bucket.endpoint}; "
-                    "create it or fix the destination's bucket."
+                    "create it or fix the destination's bucket.", retryable=False
                 ) from exc
             if status == 301 or code in ("301", "PermanentRedirect"):
                 raise DestinationError(
                     f"Destination {self.name}: bucket {self.bucket} is in another region than connection "
-                    f"{self.conn_id!r} uses; set region_name in the connection's extra."
+                    f"{self.conn_id!r} uses; set region_name in the connection's extra.", retryable=False
                 ) from exc
+            failure = self._bucket.classify(exc)
             raise DestinationError(
-                f"Destination {self.name}: bucket {self.bucket} is not usable: {self._bucket.explain(exc)}."
+                f"Destination {self.name}: bucket {self.bucket} is not usable: {failure.phrase}.",
+                retryable=failure.retryable,
             ) from exc
 
     def list_backups(self) -> list[BackupFile]:
-        folder = f"{self._root}{self.backup_name}/"
+        folder = self._folder
         found: list[BackupFile] = []
         try:
             pages = self._bucket.client.get_paginator("list_objects_v2").paginate(Prefix=folder,
@@ -174,16 +184,45 @@ class S3Destination(BackupDestination):
         return cast(AbstractContextManager[IO[bytes]], response["Body"])
 
     def read_receipt(self, path: str) -> Receipt | None:
+        data = self._receipt_data(path)
+        return None if data is None else receipt_from_bytes(data)
+
+    def _receipt_data(self, path: str) -> bytes | None:
+        """The receipt's bytes, None when there is none (one too big to be a receipt reads as garbage)."""
         key = self._object_key(receipt_path(path))
         try:
             body = self._bucket.client.get_object(Key=key, **self._bucket.args)["Body"]
             with body:
-                data = body.read(MAX_RECEIPT_BYTES + 1)
+                data: bytes = body.read(MAX_RECEIPT_BYTES + 1)
         except Exception as exc:
             if client_error(exc)[0] in ("NoSuchKey", "404"):
                 return None
             self._bucket.raise_failure("reading receipt", key, exc)
-        return None if len(data) > MAX_RECEIPT_BYTES else receipt_from_bytes(data)
+        return b"" if len(data) > MAX_RECEIPT_BYTES else data
+
+    def check_integrity(self, path: str) -> ArchiveIntegrity:
+        """The receipt, then one HEAD with checksums: size always, SHA-256 as verify.integrity_of explains."""
+        receipt = receipt_to_compare(path, self._receipt_data(path))
+        if isinstance(receipt, ArchiveIntegrity):
+            return receipt
+        key = self._object_key(path)
+        try:
+            head = self._bucket.head(key)
+        except Exception as exc:
+            self._bucket.raise_failure("checking", key, exc)
+        if head is None:
+            return ArchiveIntegrity(path, Integrity.UNVERIFIED, "the archive disappeared while it was checked")
+        return integrity_of(path, head, receipt)
+
+    def name_taken(self, file_name: str) -> bool:
+        key = self._object_key(self.backup_key(file_name))
+        for taken in (key, receipt_path(key)):
+            try:
+                if self._bucket.head(taken) is not None:
+                    return True
+            except Exception as exc:
+                self._bucket.raise_failure("checking", taken, exc)
+        return False
 
     # -- writing
 
@@ -210,16 +249,17 @@ class S3Destination(BackupDestination):
         if existing is not None:
             return self._already_published(source, path, key, receipt, existing, started)
 
-        self._uploader.abort_stale_uploads(key)
         receipt_key = receipt_path(key)
-        self._put_receipt(key, receipt)
+        self._claim_receipt(path, receipt)  # the name is this run's from here on (or ArchiveNameClash)
         upload_started = time.monotonic()
         try:
+            self._uploader.abort_stale_uploads(key)
             sent = self._uploader.upload(source, key, size, part_size, receipt)
         except KeyTaken:
             # Another writer completed this key after our HEAD; compare instead of overwriting.
             taken = self._bucket.head(key)
             if taken is None:
+                self._delete_quietly(receipt_key)
                 raise DestinationError(
                     f"Destination {self.name}: {self._bucket.url(key)} was written and removed by someone else "
                     "while this upload ran; rerun the backup."
@@ -248,24 +288,28 @@ class S3Destination(BackupDestination):
         if size == receipt.size:
             same = self._verifier.existing_matches(source, path, key, receipt, head)
         if not same:
-            raise DestinationError(
-                f"Destination {self.name}: {location} already exists with different or unverifiable content "
-                f"({size} bytes; the staged archive has {receipt.size}); backup-ops never overwrites an archive, "
-                "so nothing was written."
-            )
-        if self.read_receipt(path) is None:
-            self._put_receipt(key, receipt)
+            raise clash(self.name, location, f"an archive of {size} bytes whose content is not provably the same",
+                        receipt)
+        self._claim_receipt(path, receipt)  # puts back a receipt that went missing
         log.info("Destination %s: %s is already there with the same content; nothing uploaded", self.name, location)
         return PublishedBackup(self.name, path, location, size, receipt.sha256, time.monotonic() - started, True)
 
-    def _put_receipt(self, key: str, receipt: Receipt) -> None:
-        receipt_key = receipt_path(key)
-        try:
-            self._bucket.client.put_object(Key=receipt_key, Body=receipt_bytes(receipt),
-                                           ContentType="application/json", ChecksumAlgorithm="SHA256",
-                                           **self._bucket.args, **self._receipt_args)
-        except Exception as exc:
-            self._bucket.raise_failure("writing receipt", receipt_key, exc, "; nothing was published")
+    def _claim_receipt(self, path: str, receipt: Receipt) -> None:
+        """Create the receipt with If-None-Match: *; an earlier attempt's receipt for the same bytes is kept."""
+        receipt_key = self._object_key(receipt_path(path))
+        request = {"Key": receipt_key, "Body": receipt_bytes(receipt), "ContentType": "application/json",
+                   "ChecksumAlgorithm": "SHA256", **self._bucket.args, **self._receipt_args}
+        data = self._receipt_data(path)
+        if data is None:
+            try:
+                self._uploader.conditional_write(self._bucket.client.put_object, request, receipt_key)
+                return
+            except KeyTaken:
+                data = self._receipt_data(path)  # another writer was faster: compare
+            except Exception as exc:
+                self._bucket.raise_failure("writing receipt", receipt_key, exc, "; nothing was published")
+        if not same_archive(None if data is None else receipt_from_bytes(data), receipt):
+            raise clash(self.name, self.location(receipt_path(path)), "another run's receipt", receipt)
 
     def verify_published(self, published: PublishedBackup) -> None:
         self._verifier.verify_published(self._object_key(published.path), published)
@@ -307,5 +351,44 @@ class S3Destination(BackupDestination):
         try:
             self._bucket.client.delete_object(Key=key, **self._bucket.args)
         except Exception as exc:
-            log.warning("Destination %s: could not remove s3://%s/%s after a failed upload: %s", self.name,
-                        self.bucket, key, self._bucket.explain(exc))
+            log.warning("Destination %s: could not remove s3://%s/%s after a failed upload: %s; cleanup removes it "
+                        "after a day", self.name, self.bucket, key, self._bucket.explain(exc))
+
+    # -- leftovers
+
+    def find_leftovers(self, older_than: datetime) -> list[Leftover]:
+        """Multipart uploads below the backup folder started before ``older_than``, and receipts without archives."""
+        found: list[Leftover] = []
+        try:
+            for upload in self._uploader.incomplete_uploads(self._folder):
+                if upload["Initiated"] < older_than:
+                    found.append(Leftover("incomplete upload", upload["Key"][len(self._root):], upload["Initiated"],
+                                          upload["UploadId"]))
+            objects: dict[str, datetime] = {}
+            pages = self._bucket.client.get_paginator("list_objects_v2").paginate(Prefix=self._folder,
+                                                                                  **self._bucket.args)
+            for page in pages:
+                objects.update((obj["Key"], obj["LastModified"]) for obj in page.get("Contents", ()))
+        except Exception as exc:
+            self._bucket.raise_failure("looking for leftovers below", self._folder, exc)
+        for key, modified in objects.items():
+            archive = key[: -len(RECEIPT_SUFFIX)]
+            if (key.endswith(RECEIPT_SUFFIX) and is_backup_key(archive) and archive not in objects
+                    and modified < older_than):
+                found.append(Leftover("orphan receipt", key[len(self._root):], modified))
+        return found
+
+    def remove_leftover(self, leftover: Leftover) -> None:
+        key = self._object_key(leftover.path)
+        if leftover.upload_id is not None:
+            if not self._uploader.abort(key, leftover.upload_id, "left by a failed publish, found by cleanup"):
+                raise DestinationError(f"Destination {self.name}: could not abort upload {leftover.upload_id} of "
+                                       f"{self._bucket.url(key)}; see the warning above.")
+            return
+        try:
+            if self._bucket.head(key[: -len(RECEIPT_SUFFIX)]) is not None:
+                log.info("Destination %s: %s has its archive now; kept", self.name, leftover.path)
+                return
+            self._bucket.client.delete_object(Key=key, **self._bucket.args)
+        except Exception as exc:
+            self._bucket.raise_failure("removing", key, exc)

@@ -110,7 +110,7 @@ class Uploader:
 
         def abort_all() -> None:
             for upload_id, key in uploads:
-                self._abort(key, upload_id, "the task was stopped")
+                self.abort(key, upload_id, "the task was stopped")
 
         helper = threading.Thread(target=abort_all, name=f"s3-cancel-{self._name}", daemon=True)
         helper.start()
@@ -119,8 +119,9 @@ class Uploader:
     def abort_stale_uploads(self, key: str) -> None:
         """Abort in-progress uploads to ``key`` that an earlier, killed attempt left behind.
 
-        Only attempts at this very archive (its name carries the run's timestamp) write to this key,
-        and an earlier attempt is dead when a retry runs, so this never disturbs a live upload.
+        Called only once this run holds the key's receipt: then only attempts at this very archive
+        write to this key, and an earlier attempt is dead when a retry runs, so this never disturbs
+        a live upload (another run's upload to the same name is stopped by the receipt first).
         """
         try:
             response = self._bucket.client.list_multipart_uploads(Prefix=key, **self._bucket.args)
@@ -132,7 +133,15 @@ class Uploader:
             if upload.get("Key") == key:
                 log.warning("Destination %s: aborting in-progress upload %s of %s started %s by an earlier attempt",
                             self._name, upload["UploadId"], key, upload.get("Initiated"))
-                self._abort(key, upload["UploadId"], "left by an interrupted earlier attempt")
+                self.abort(key, upload["UploadId"], "left by an interrupted earlier attempt")
+
+    def incomplete_uploads(self, prefix: str) -> list[dict[str, Any]]:
+        """Every multipart upload in progress below ``prefix`` (Key, UploadId, Initiated), all pages."""
+        uploads: list[dict[str, Any]] = []
+        pages = self._bucket.client.get_paginator("list_multipart_uploads").paginate(Prefix=prefix, **self._bucket.args)
+        for page in pages:
+            uploads.extend(page.get("Uploads", ()))
+        return uploads
 
     def _object_write_args(self, receipt: Receipt, part_size: int | None) -> dict[str, Any]:
         metadata = {METADATA_SHA256: receipt.sha256}
@@ -154,7 +163,7 @@ class Uploader:
         request = {"Key": key, "Body": data, "ChecksumSHA256": sent.full_b64,
                    **self._object_write_args(receipt, None)}
         try:
-            response = self._conditional_write(self._bucket.client.put_object, request, key)
+            response = self.conditional_write(self._bucket.client.put_object, request, key)
         except KeyTaken:
             if store_holds(self._bucket, key, sent):  # our own PUT whose first response was lost
                 return sent
@@ -181,7 +190,7 @@ class Uploader:
             check_staged(self._name, source, sent, receipt)
             etag = self._complete(key, upload_id, parts, sent)
         except BaseException as exc:
-            aborted = self._abort(key, upload_id, type(exc).__name__)
+            aborted = self.abort(key, upload_id, type(exc).__name__)
             if not isinstance(exc, Exception) or isinstance(exc, (VerificationError, KeyTaken)):
                 raise  # interrupts stay interrupts; verification errors already say what happened
             if self._cancelled.is_set():
@@ -267,7 +276,7 @@ class Uploader:
             **self._bucket.args,
         }
         try:
-            response = self._conditional_write(self._bucket.client.complete_multipart_upload, request, key)
+            response = self.conditional_write(self._bucket.client.complete_multipart_upload, request, key)
         except Exception:
             # botocore retries a completion whose response was lost; the retry then fails (412 or
             # NoSuchUpload) although our object is in place. Only a matching checksum proves that.
@@ -276,8 +285,12 @@ class Uploader:
             raise
         return cast(str | None, response.get("ETag"))
 
-    def _conditional_write(self, call: Callable[..., Any], request: dict[str, Any], key: str) -> Any:
-        """``call`` with If-None-Match: * so a concurrent writer is never overwritten, where the store allows."""
+    def conditional_write(self, call: Callable[..., Any], request: dict[str, Any], key: str) -> Any:
+        """``call`` with If-None-Match: * so a concurrent writer is never overwritten, where the store allows.
+
+        Raises KeyTaken when an object is at ``key``. A store that rejects the header gets a
+        check-then-write fallback (logged once), which cannot stop a writer racing in between.
+        """
         if self._conditional_writes:
             try:
                 return call(**request, IfNoneMatch="*")
@@ -295,7 +308,7 @@ class Uploader:
             raise KeyTaken(key)
         return call(**request)
 
-    def _abort(self, key: str, upload_id: str, reason: str) -> bool:
+    def abort(self, key: str, upload_id: str, reason: str) -> bool:
         """Abort a multipart upload (best effort); returns whether the store confirmed it."""
         try:
             self._bucket.client.abort_multipart_upload(Key=key, UploadId=upload_id, **self._bucket.args)

@@ -29,6 +29,13 @@ the first path that applies:
    metadata and in its receipt must not contradict the published one; a warning says the store
    verified the size only.
 
+``integrity_of`` checks an archive against its receipt without downloading it (cleanup and
+``list`` use it): the size always; the SHA-256 where the store's checksum is the whole object's
+(single PutObject). A multipart object's composite checksum is a hash of part hashes: it cannot be
+derived from the receipt's whole-file SHA-256 without reading the bytes (knowing the part size
+from the metadata only tells how the bytes were cut, not their part hashes), so there the SHA-256
+backup-ops recorded in the object's metadata at upload must equal the receipt's.
+
 Two more checks run while publishing, before there is an upload record to compare with:
 
 5. ``Verifier.existing_matches``: an object is already at the key (a task retry, or a concurrent
@@ -50,11 +57,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from backup_ops.adapters.destinations.base import BackupDestination, PublishedBackup
+from backup_ops.adapters.destinations.base import (
+    BackupDestination,
+    PublishedBackup,
+    sha256_verdict,
+    size_differs,
+)
 from backup_ops.adapters.destinations.s3.bucket import Bucket, object_size
 from backup_ops.core.errors import DestinationError, VerificationError
 from backup_ops.core.fileio import CHUNK_SIZE, sha256_of_stream
-from backup_ops.core.models import Receipt
+from backup_ops.core.models import ArchiveIntegrity, Integrity, Receipt
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +223,30 @@ class Verifier:
             existing = self._destination.read_receipt(path)
             recorded = existing.sha256 if existing is not None and existing.size == receipt.size else None
         return recorded == receipt.sha256
+
+
+def integrity_of(path: str, head: dict[str, Any], receipt: Receipt) -> ArchiveIntegrity:
+    """An object's integrity against its receipt from one HEAD with ChecksumMode=ENABLED (nothing downloaded)."""
+    wrong_size = size_differs(path, object_size(head), receipt)
+    if wrong_size is not None:
+        return wrong_size
+    stored = head.get("ChecksumSHA256")
+    whole_object = head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT"  # AWS says COMPOSITE for multipart
+    if stored and whole_object and _existing_part_size(head.get("Metadata", {}), head) == 0:
+        try:
+            digest = base64.b64decode(_checksum_value(stored), validate=True).hex()
+        except ValueError:  # binascii.Error: not what S3 sends; fall back to the recorded SHA-256
+            digest = ""
+        if len(digest) == 64:
+            return sha256_verdict(path, digest, receipt, "the store's")
+    recorded = _recorded_sha256(head)
+    if recorded is None:
+        return ArchiveIntegrity(path, Integrity.UNVERIFIED, "the size matches, but the store has no whole-object "
+                                "SHA-256 for it and it carries no SHA-256 recorded by backup-ops")
+    if recorded != receipt.sha256:
+        return sha256_verdict(path, recorded, receipt, "recorded at upload")
+    return ArchiveIntegrity(path, Integrity.INTACT, "size matches the receipt, and so does the SHA-256 recorded at "
+                            "upload (the store's checksum of a multipart object is per part; not re-hashed)")
 
 
 def store_holds(bucket: Bucket, key: str, sent: SentChecksums) -> bool:
