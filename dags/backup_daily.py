@@ -16,7 +16,7 @@ from backup_ops.airflow import backup_steps as steps
 from backup_ops.airflow import run_outcome, staging
 from backup_ops.airflow.defaults import task_defaults
 from backup_ops.airflow.fail_fast import step
-from backup_ops.airflow.operators import PublishBackupOperator
+from backup_ops.airflow.operators import DumpDatabaseOperator, PublishBackupOperator
 from backup_ops.core.config import load_config
 
 CONFIG = load_config()
@@ -92,10 +92,6 @@ def backup_daily() -> None:
     def check_destinations(names: list[str]) -> list[str]:
         return steps.check_destinations(CONFIG, names)
 
-    @step(pool=steps.DUMP_POOL, map_index_template="{{ task.op_kwargs['conn_id'] }}")
-    def dump_database(conn_id: str, staging_dir: str) -> dict[str, Any]:
-        return steps.dump_database(CONFIG, conn_id, staging_dir)
-
     @step()
     def collect_files(staging_dir: str, include_files: bool) -> dict[str, Any]:
         return steps.collect_files(CONFIG, staging_dir, include_files)
@@ -130,12 +126,15 @@ def backup_daily() -> None:
     planned: Any = plan(staged)
     databases: Any = check_databases(planned["databases"])
     destinations: Any = check_destinations(planned["destinations"])
-    dumps: Any = dump_database.partial(staging_dir=planned["staging_dir"]).expand(conn_id=databases)
+    dumps: Any = DumpDatabaseOperator.partial(
+        task_id="dump_database", staging_dir=planned["staging_dir"], pool=steps.DUMP_POOL,
+        map_index_template="{{ task.conn_id }}",
+    ).expand(conn_id=databases)
     files: Any = collect_files(planned["staging_dir"], planned["include_files"])
     # Nothing is read from the database or the disk before both preflight checks passed.
     destinations >> [dumps, files]
     databases >> files
-    archive: Any = build_archive(planned, dumps, files)
+    archive: Any = build_archive(planned, dumps.output, files)
     published: Any = PublishBackupOperator.partial(
         task_id="publish", archive=archive, map_index_template="{{ task.destination }}"
     ).expand(destination=destinations)

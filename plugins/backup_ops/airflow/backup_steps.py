@@ -12,9 +12,9 @@ import json
 import logging
 import platform
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backup_ops import __version__
 from backup_ops.adapters.destinations.base import BackupDestination
@@ -23,9 +23,13 @@ from backup_ops.core.config import BackupConfig, LocalDestinationConfig
 from backup_ops.core.errors import BackupError, ConfigError, DestinationError
 from backup_ops.core.models import DumpResult, Receipt, archive_file_name, human_bytes
 
+if TYPE_CHECKING:
+    from backup_ops.adapters.postgres.dump import DumpJob
+
 log = logging.getLogger(__name__)
 
 FILE_LISTING = "files.jsonl"
+NAME_ATTEMPTS = 60
 DUMP_POOL = "backup_ops_dumps"
 """The Airflow pool the dumps run in, so N databases do not all hit one server at once."""
 
@@ -57,11 +61,11 @@ def plan(config: BackupConfig, params: dict[str, Any], staging_dir: str) -> dict
     # Resolve the password now so a missing secret fails the run before any dump starts.
     resolve_secret(config.backup.password)
 
-    created_at = datetime.now(UTC).replace(microsecond=0)
+    created_at, archive_name = free_archive_name(config, destinations, datetime.now(UTC).replace(microsecond=0))
     staging = Path(staging_dir)
     result = {
         "created_at": created_at.isoformat(),
-        "archive_name": archive_file_name(config.backup.destination.filename_prefix, created_at),
+        "archive_name": archive_name,
         "staging_dir": str(staging),
         "databases": databases,
         "include_files": include_files,
@@ -73,6 +77,43 @@ def plan(config: BackupConfig, params: dict[str, Any], staging_dir: str) -> dict
         destinations, result["archive_name"], staging,
     )
     return result
+
+
+def free_archive_name(config: BackupConfig, destinations: list[str], moment: datetime) -> tuple[datetime, str]:
+    """The first second from ``moment`` whose archive name no planned destination holds yet, and that name.
+
+    Two runs in one second (a manual trigger beside the scheduled run, ``airflow dags test`` beside
+    the scheduler) would otherwise pick the same name. Publishing refuses a clash anyway
+    (``ArchiveNameClash``, before writing anything); this only steers clear of it. A destination
+    that cannot be asked now is left to its publish task.
+    """
+    from backup_ops.adapters.destinations import ArchiveNameClash
+    from backup_ops.adapters.destinations.factory import make_destination
+
+    prefix = config.backup.destination.filename_prefix
+    dests = [make_destination(config.destination(name), config.backup.name) for name in destinations]
+    for offset in range(NAME_ATTEMPTS):
+        created_at = moment + timedelta(seconds=offset)
+        file_name = archive_file_name(prefix, created_at)
+        taken = [dest.name for dest in dests if _name_taken(dest, file_name)]
+        if not taken:
+            return created_at, file_name
+        log.warning("Archive name %s is already taken on %s (another run picked the same second); trying the "
+                    "next second.", file_name, ", ".join(taken))
+    raise ArchiveNameClash(
+        f"Every archive name from {archive_file_name(prefix, moment)} on for {NAME_ATTEMPTS} seconds is already "
+        f"taken on {', '.join(destinations)}; another backup-ops deployment may be writing to the same destination "
+        "with the same backup.name: give each its own backup.name or destination.",
+    )
+
+
+def _name_taken(dest: BackupDestination, file_name: str) -> bool:
+    try:
+        return dest.name_taken(file_name)
+    except DestinationError as exc:
+        log.warning("Could not check whether %s is free on %s (%s); its publish task checks again.", file_name,
+                    dest.name, exc)
+        return False
 
 
 def _selected_databases(config: BackupConfig, wanted: list[str]) -> list[str]:
@@ -92,20 +133,13 @@ def _selected_databases(config: BackupConfig, wanted: list[str]) -> list[str]:
 
 
 def check_databases(config: BackupConfig, conn_ids: list[str]) -> list[str]:
-    """Fail fast on a missing connection, wrong credentials or a pg_dump older than the server."""
+    """Fail fast on a missing connection, a refused login, an old pg_dump, or two dumps on one archive member."""
     from backup_ops.adapters.postgres.dump import check_target
+    from backup_ops.core.dump_member import refuse_member_clashes
 
-    seen: dict[str, str] = {}
-    for conn_id in conn_ids:
-        target = target_from_connection(conn_id)
-        if target.dbname in seen:
-            # Both dumps would be db-dumps/postgresql-<db>.sql.gz (laravel-backup's member name).
-            raise ConfigError(
-                f"Connections {seen[target.dbname]!r} and {conn_id!r} both dump a database named "
-                f"{target.dbname!r}; their dumps would collide in the archive, so back them up in separate runs "
-                "(db_names Param) or separate configs."
-            )
-        seen[target.dbname] = conn_id
+    targets = {conn_id: target_from_connection(conn_id) for conn_id in conn_ids}
+    refuse_member_clashes((conn_id, target.dbname, config.database(conn_id)) for conn_id, target in targets.items())
+    for conn_id, target in targets.items():
         summary = check_target(target, config.database(conn_id), pg_bin_dir=config.backup.pg_bin_dir)
         log.info("Database %s: %s", conn_id, summary)
     return list(conn_ids)
@@ -138,13 +172,17 @@ def check_destinations(config: BackupConfig, names: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------- dump
 
 
-def dump_database(config: BackupConfig, conn_id: str, staging_dir: str) -> dict[str, Any]:
-    """Dump one database into the staging directory; returns a summary (the full result stays on disk)."""
-    from backup_ops.adapters.postgres.dump import dump_database as run_dump
+def dump_job(config: BackupConfig, conn_id: str, staging_dir: str) -> DumpJob:
+    """The dump of one database into the staging directory, ready to ``run()`` (and to ``cancel()`` from on_kill)."""
+    from backup_ops.adapters.postgres.dump import DumpJob
 
-    source = config.database(conn_id)
-    result = run_dump(target_from_connection(conn_id), source, Path(staging_dir), pg_bin_dir=config.backup.pg_bin_dir,
-                      log=log)
+    return DumpJob(target_from_connection(conn_id), config.database(conn_id), Path(staging_dir),
+                   pg_bin_dir=config.backup.pg_bin_dir, log=log)
+
+
+def dump_database(job: DumpJob, conn_id: str, staging_dir: str) -> dict[str, Any]:
+    """Run one database's dump; returns a summary (the full result stays on disk beside the dump)."""
+    result = job.run()
     # Beside db-dumps/, which holds only what goes into the archive.
     result_file = Path(staging_dir) / f"dump-{conn_id}.json"
     result_file.write_text(json.dumps(result.to_dict()), encoding="utf-8")
@@ -172,32 +210,43 @@ def always_excluded(config: BackupConfig) -> list[Path]:
 
 
 def collect_files(config: BackupConfig, staging_dir: str, include_files: bool) -> dict[str, Any]:
-    """Select the files to back up and write the list to the staging directory (one JSON line each)."""
+    """Select the files to back up and write the list to the staging directory (one JSON line each).
+
+    A file the selection skips (a FIFO, a name restore refuses, an unreadable file …) is a
+    ``{"skipped": …}`` line of the same listing, so build_archive records it in the manifest.
+    Returns the counts, skipped files by reason (``{"fifo": 1}``) included.
+    """
     from backup_ops.core.files import select_files
+    from backup_ops.core.models import SkippedFile
 
     listing = Path(staging_dir) / FILE_LISTING
     count = dirs = total = 0
+    skipped: dict[str, int] = {}
     with open(listing, "w", encoding="utf-8") as out:
         if include_files:
             for entry in select_files(config.backup.files, always_excluded(config), log=log):
-                out.write(json.dumps({"path": str(entry.path), "arcname": entry.arcname, "is_dir": entry.is_dir,
-                                      "size": entry.size, "mtime": entry.mtime, "mode": entry.mode}) + "\n")
+                if isinstance(entry, SkippedFile):
+                    out.write(json.dumps({"skipped": entry.to_dict()}) + "\n")
+                    skipped[entry.reason] = skipped.get(entry.reason, 0) + 1
+                    continue
+                out.write(json.dumps(entry.to_dict()) + "\n")
                 if entry.is_dir:
                     dirs += 1
                 else:
                     count += 1
                     total += entry.size
-    return {"files": count, "directories": dirs, "bytes": total, "listing": str(listing)}
+    return {"files": count, "directories": dirs, "bytes": total, "listing": str(listing), "skipped": skipped}
 
 
 def _read_listing(path: Path) -> Any:
+    """The entries and skipped files collect_files wrote, streamed one line at a time."""
     from backup_ops.core.files import SelectedEntry
+    from backup_ops.core.models import SkippedFile
 
     with open(path, encoding="utf-8") as lines:
         for line in lines:
             item = json.loads(line)
-            yield SelectedEntry(Path(item["path"]), item["arcname"], item["is_dir"], item["size"],
-                                item["mtime"], item["mode"])
+            yield SkippedFile.from_dict(item["skipped"]) if "skipped" in item else SelectedEntry.from_dict(item)
 
 
 # ---------------------------------------------------------------------------- archive
@@ -205,17 +254,30 @@ def _read_listing(path: Path) -> Any:
 
 def build_archive(config: BackupConfig, plan_result: dict[str, Any], dumps: list[dict[str, Any]],
                   files: dict[str, Any], run: dict[str, str]) -> dict[str, Any]:
-    """Zip the dumps, files and manifest into one (encrypted) archive, then verify it end to end."""
+    """Zip the dumps, files and manifest into one (encrypted) archive, then verify it end to end.
+
+    A retry of this run starts clean: the archive an earlier attempt left in this run's staging
+    folder (killed mid-write, or built but not verified) is removed first, and nothing else.
+    Returns the archive's path, name, size and checksums, and the files skipped by reason.
+    """
     from backup_ops.adapters.secrets import resolve_secret
     from backup_ops.core.archive import build_archive as run_build
-    from backup_ops.core.archive_read import verify_archive
+    from backup_ops.core.archive_read import password_source_of, verify_archive
     from backup_ops.core.manifest import build_manifest
+    from backup_ops.core.skips import describe_counts
 
     password = resolve_secret(config.backup.password)
     secret = password.encode() if password else None
     results = [DumpResult.from_dict(json.loads(Path(d["result_file"]).read_text())) for d in dumps or []]
     staging = Path(plan_result["staging_dir"])
     target = staging / plan_result["archive_name"]
+    if target.is_symlink() or target.exists():
+        root = config.backup.staging_directory
+        if target.parent != staging or staging.parent != root:  # only ever this run's own staged archive
+            raise BackupError(f"Refusing to remove {target}: {staging} is not this run's staging folder below "
+                              f"{root}.", retryable=False)
+        target.unlink()
+        log.warning("Removed %s, left by an earlier attempt of this run, to build it again", target)
     created_at = datetime.fromisoformat(plan_result["created_at"])
     versions = tool_versions()
 
@@ -229,14 +291,17 @@ def build_archive(config: BackupConfig, plan_result: dict[str, Any], dumps: list
     archive = run_build(
         target, dumps=results, files=_read_listing(Path(files["listing"])), password=secret,
         encryption=config.backup.encryption, compression_level=config.backup.destination.compression_level,
-        make_manifest=make_manifest,
+        make_manifest=make_manifest, fail_on=config.backup.files.fail_on, log=log,
     )
     built = time.monotonic() - started
-    checked = verify_archive(target, password=secret, expected_sha256=archive.sha256, expected_size=archive.size)
+    checked = verify_archive(target, password=secret, expected_sha256=archive.sha256, expected_size=archive.size,
+                             password_source=password_source_of(config.backup.password))
     log.info(
-        "Built %s: %d members (%d dumps, %d files), %s in %.1f s (%s/s), encryption %s; verified %d members",
+        "Built %s: %d members (%d dumps, %d files), %s in %.1f s (%s/s), encryption %s; verified %d members; %s "
+        "(see the manifest's skipped list)",
         target.name, archive.member_count, len(results), archive.file_count, human_bytes(archive.size), built,
         human_bytes(archive.size / built if built else 0), config.backup.encryption, checked.members_checked,
+        describe_counts(archive.skipped_counts),
     )
     return {
         "path": str(target),
@@ -246,6 +311,7 @@ def build_archive(config: BackupConfig, plan_result: dict[str, Any], dumps: list
         "manifest_sha256": archive.manifest_sha256,
         "members": archive.member_count,
         "created_at": plan_result["created_at"],
+        "skipped": archive.skipped_counts,
     }
 
 

@@ -6,17 +6,26 @@ Each reads the config once in ``execute`` (after templates are rendered) and han
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, Context
 
 from backup_ops.adapters.destinations.base import BackupDestination
 from backup_ops.adapters.destinations.factory import make_destination
-from backup_ops.airflow.backup_steps import publish
-from backup_ops.airflow.cleanup_steps import clean_destination, cleanup_moment, retention_policy
+from backup_ops.airflow.backup_steps import dump_database, dump_job, publish
+from backup_ops.airflow.cleanup_steps import (
+    LEFTOVER_AGE,
+    clean_destination,
+    cleanup_moment,
+    retention_policy,
+)
+from backup_ops.airflow.fail_fast import permanent_errors_fail_fast
 from backup_ops.core.config import load_config
 from backup_ops.core.errors import ConfigError
 
+if TYPE_CHECKING:
+    from backup_ops.adapters.postgres.dump import DumpJob
 
 class PublishBackupOperator(BaseOperator):
     """Publish the run's staged archive to one configured destination and verify it there.
@@ -35,13 +44,41 @@ class PublishBackupOperator(BaseOperator):
         self._dest: BackupDestination | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
-        config = load_config()
-        self._dest = make_destination(config.destination(self.destination), config.backup.name)
-        return publish(config, self._dest, self.archive)
+        with permanent_errors_fail_fast():
+            config = load_config()
+            self._dest = make_destination(config.destination(self.destination), config.backup.name)
+            return publish(config, self._dest, self.archive)
 
     def on_kill(self) -> None:
         if self._dest is not None:
             self._dest.cancel()
+
+
+class DumpDatabaseOperator(BaseOperator):
+    """Dump one configured database into the run's staging folder (mapped over ``source.databases``).
+
+    A classic operator rather than a TaskFlow function so ``on_kill`` can stop pg_dump: it runs in
+    a process group of its own (so that a timeout can kill everything it started) and would
+    otherwise outlive a task that Airflow stops, holding a snapshot open on the production server.
+    """
+
+    template_fields: Sequence[str] = ("conn_id", "staging_dir")
+
+    def __init__(self, *, conn_id: str, staging_dir: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.conn_id = conn_id
+        self.staging_dir = staging_dir
+        self._job: DumpJob | None = None
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        with permanent_errors_fail_fast():
+            config = load_config()
+            self._job = dump_job(config, self.conn_id, self.staging_dir)
+            return dump_database(self._job, self.conn_id, self.staging_dir)
+
+    def on_kill(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
 
 
 class BackupCleanupOperator(BaseOperator):
@@ -52,8 +89,11 @@ class BackupCleanupOperator(BaseOperator):
         rendered from ``{{ params.dry_run }}`` (templated).
 
     Retention is measured from the run's logical date (data interval end, else ``run_after``),
-    never the clock, so re-running a past date decides the same. Returns a small summary
-    (counts and bytes), never the lists of backups.
+    never the clock, so re-running a past date decides the same; the age of leftovers of failed
+    publishes is measured on the wall clock (a day), so a publish in flight is never touched.
+    Returns a small summary (counts, bytes, damaged archives), never the lists of backups. A
+    permanent error (a config error, a missing or unwritable destination, wrong credentials, every
+    archive damaged) fails the task at once, without its retries.
     """
 
     template_fields: Sequence[str] = ("destination", "dry_run")
@@ -67,15 +107,17 @@ class BackupCleanupOperator(BaseOperator):
         self.dry_run = dry_run  # type: ignore[assignment,method-assign]
 
     def execute(self, context: Context) -> dict[str, Any]:
-        dry_run = parse_dry_run(self.dry_run)
-        if not isinstance(self.destination, str) or not self.destination.strip():
-            raise ConfigError(
-                f"BackupCleanupOperator.destination must be a destination name, got {self.destination!r}."
-            )
-        now = cleanup_moment(context)
-        config = load_config()
-        destination = make_destination(config.destination(self.destination.strip()), config.backup.name)
-        return clean_destination(destination, retention_policy(config), now, dry_run=dry_run, log=self.log)
+        with permanent_errors_fail_fast():
+            dry_run = parse_dry_run(self.dry_run)
+            if not isinstance(self.destination, str) or not self.destination.strip():
+                raise ConfigError(
+                    f"BackupCleanupOperator.destination must be a destination name, got {self.destination!r}."
+                )
+            now = cleanup_moment(context)
+            config = load_config()
+            destination = make_destination(config.destination(self.destination.strip()), config.backup.name)
+            return clean_destination(destination, retention_policy(config), now, dry_run=dry_run,
+                                     leftovers_before=datetime.now(UTC) - LEFTOVER_AGE, log=self.log)
 
 
 def parse_dry_run(value: object) -> bool:

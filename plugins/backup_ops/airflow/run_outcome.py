@@ -13,6 +13,7 @@ from typing import Any
 from backup_ops.core.config import BackupConfig
 from backup_ops.core.errors import BackupError, DestinationError
 from backup_ops.core.models import human_bytes
+from backup_ops.core.skips import describe_counts
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ def finish_run(config: BackupConfig, dag_id: str, run_id: str, params: dict[str,
         raise
     details = [f"archive {summary['archive']}: {human_bytes(summary['size'])}, sha256 {summary['sha256']}",
                *(f"verified copy: {location}" for location in summary["locations"])]
+    if summary["skipped_files"]:
+        details.append(f"{describe_counts(summary['skipped_files'])} "
+                       "(see the manifest's skipped list and the build_archive log)")
     if summary["failed_destinations"]:
         details += ["", "failed destinations (continue_on_failure is set):", *causes]
     notify_run(config, dag_id=dag_id, run_id=run_id, what="backup", succeeded=not summary["failed_destinations"],
@@ -69,4 +73,5 @@ def summarize(plan_result: dict[str, Any] | None, archive: dict[str, Any] | None
     log.info("Backup %s complete: %s, sha256 %s, on %s", archive["name"], human_bytes(archive["size"]),
              archive["sha256"], ", ".join(p["location"] for p in published))
     return {"archive": archive["name"], "size": archive["size"], "sha256": archive["sha256"],
-            "locations": [p["location"] for p in published], "failed_destinations": failed}
+            "locations": [p["location"] for p in published], "failed_destinations": failed,
+            "skipped_files": dict(archive.get("skipped") or {})}
