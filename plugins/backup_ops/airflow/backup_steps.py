@@ -297,11 +297,11 @@ def build_archive(config: BackupConfig, plan_result: dict[str, Any], dumps: list
     checked = verify_archive(target, password=secret, expected_sha256=archive.sha256, expected_size=archive.size,
                              password_source=password_source_of(config.backup.password))
     log.info(
-        "Built %s: %d members (%d dumps, %d files), %s in %.1f s (%s/s), encryption %s; verified %d members; %s "
-        "(see the manifest's skipped list)",
+        "Built %s: %d members (%d dumps, %d files), %s in %.1f s (%s/s), encryption %s; verified %d members; %s",
         target.name, archive.member_count, len(results), archive.file_count, human_bytes(archive.size), built,
         human_bytes(archive.size / built if built else 0), config.backup.encryption, checked.members_checked,
-        describe_counts(archive.skipped_counts),
+        describe_counts(archive.skipped_counts)
+        + (" (listed in the manifest's skipped list)" if archive.skipped_counts else ""),
     )
     return {
         "path": str(target),
