@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from backup_ops.core import manifest as manifest_module
+from backup_ops.core import manifest_parse as manifest_module
 from backup_ops.core.errors import ArchiveError
 from backup_ops.core.manifest import (
     EMPTY_SHA256,
@@ -20,9 +20,9 @@ from backup_ops.core.manifest import (
     build_manifest,
     manifest_bytes,
     member_name_problem,
-    parse_manifest,
     with_skipped,
 )
+from backup_ops.core.manifest_parse import parse_manifest
 from backup_ops.core.models import DumpResult, SkippedFile, TableStat
 
 CREATED = datetime(2026, 3, 1, 2, 0, 5, tzinfo=UTC)

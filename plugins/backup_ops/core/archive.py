@@ -39,9 +39,9 @@ from backup_ops.core.manifest import (
     MemberInfo,
     manifest_bytes,
     member_name_problem,
-    parse_manifest,
     with_skipped,
 )
+from backup_ops.core.manifest_parse import parse_manifest
 from backup_ops.core.models import DumpResult, SkippedFile, printable_name
 from backup_ops.core.skips import SkipTally
 

@@ -22,7 +22,8 @@ from typing import Any
 from backup_ops.core.config import SecretRef
 from backup_ops.core.errors import ArchiveError, BackupError, UnsafeArchiveError, VerificationError
 from backup_ops.core.fileio import CHUNK_SIZE, sha256_of_file
-from backup_ops.core.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Manifest, parse_manifest
+from backup_ops.core.manifest import MANIFEST_NAME, Manifest
+from backup_ops.core.manifest_parse import MAX_MANIFEST_BYTES, parse_manifest
 
 _AES_STRENGTH = {"aes128": 1, "aes192": 2, "aes256": 3}  # WinZip AE extra field strength codes
 _ZIP_ENCRYPTED_FLAG = 0x1
