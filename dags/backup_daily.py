@@ -34,7 +34,7 @@ DOC = f"""
 3. **collect_files**: the configured includes minus excludes.
 4. **build_archive**: one zip (`{CONFIG.backup.encryption}`) with the dumps, files and `manifest.json`,
    then opened and checked member by member.
-5. **publish** (one task per destination): atomic copy + receipt, then read back and verified.
+5. **publish** (one task per destination): receipt + atomic copy, then verified where it landed.
 6. **finalize**: decides success (see `continue_on_failure`), emits the `{BACKUP_ASSET.name}` asset event.
 7. **remove_staging** (teardown of **prepare_staging**): always runs; deletes this run's staging directory
    (a run that did not reach every destination keeps its encrypted archive, so a cleared publish can retry).
