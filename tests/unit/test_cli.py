@@ -12,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from backup_ops.cli import age_text, main
+from backup_ops.cli import main
+from backup_ops.cli.list_command import age_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,7 +61,7 @@ def published_backups(root: Path, sizes: dict[str, int]) -> None:
 
 
 def test_list_output_of_a_healthy_destination_is_laravel_backups_table(tmp_path):
-    from backup_ops.cli import destination_statuses, render_table
+    from backup_ops.cli.list_command import destination_statuses, render_table
     from backup_ops.core.config import load_config
 
     published_backups(tmp_path / "disk", {"2026-11-25-02-00-00.zip": 2048, "2026-11-26-02-00-00.zip": 1024})
