@@ -77,7 +77,10 @@ def backup_cleanup() -> None:
         summaries = ti.xcom_pull(task_ids="cleanup", default=None)
         # What really happened to each cleanup task (cleanup_<map index>: state), to name the failed ones.
         states = ti.get_task_states(dag_id=ti.dag_id, task_ids=["cleanup"], run_ids=[ti.run_id]).get(ti.run_id, {})
-        return finish_cleanup(CONFIG, ti.dag_id, ti.run_id, DESTINATIONS, summaries, states)
+        # Each failed task's cause, from its XCom (written by its failure callback on whatever worker it ran).
+        from backup_ops.airflow.failures import read_failures
+
+        return finish_cleanup(CONFIG, ti.dag_id, ti.run_id, DESTINATIONS, summaries, states, read_failures(ti))
 
     cleaned >> report()
 

@@ -469,9 +469,9 @@ class TestBackupCleanupDag:
         cause = f"Destination broken: directory {broken} does not exist; create it or fix destination path."
         # The report's own error names the failed task and its cause (issue 8, point 6), not just a destination.
         assert f"Cleanup failed on destination(s) broken (cleaned: good). cleanup[broken] failed: {cause}" in out
-        assert [m["Subject"] for m in mailbox.messages] == ["[backup-ops] mysite: cleanup FAILED"]
+        assert [m["Subject"] for m in mailbox.messages] == ["Cleaning up the backups of mysite failed."]
         (body,) = mailbox.bodies()
-        assert f"failed cleanup tasks:\ncleanup[broken] failed: {cause}" in body
+        assert f"Failed tasks:\n- cleanup[broken]: {cause}" in body
         # ALL_DONE downstream of every mapped cleanup task: the report ran after each of them had ended.
         by_task = {(ti.task_id, ti.map_index): ti for ti in run.get_task_instances()}
         assert by_task[("report", -1)].start_date >= max(ti.end_date for (task, _), ti in by_task.items()

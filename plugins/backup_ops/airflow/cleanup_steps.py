@@ -20,6 +20,7 @@ from backup_ops.core.cleanup_guard import refusal_reason
 from backup_ops.core.config import BackupConfig
 from backup_ops.core.errors import BackupError, DestinationError
 from backup_ops.core.models import ArchiveIntegrity, BackupFile, Integrity, human_bytes
+from backup_ops.core.notification import Failure, Notification
 from backup_ops.core.retention import CleanupPlan, RetentionPolicy, plan_cleanup
 
 if TYPE_CHECKING:
@@ -316,21 +317,40 @@ def report_cleanup(destinations: Sequence[str], summaries: Any, task_states: Map
 
 
 def finish_cleanup(config: BackupConfig, dag_id: str, run_id: str, destinations: Sequence[str],
-                   summaries: Any, task_states: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """``report_cleanup`` plus the run's one notification: each failed task with its cause, each damaged archive."""
-    from backup_ops.adapters.mail import notify_run
-    from backup_ops.airflow.failures import read_failures
+                   summaries: Any, task_states: Mapping[str, str] | None = None,
+                   failures: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """``report_cleanup`` plus the run's one notification: each failed task with its cause, each damaged archive.
 
-    outcome = cleanup_outcome(destinations, summaries, task_states, read_failures(config, dag_id, run_id))
+    ``failures`` are the run's failed tasks with their causes (``backup_ops.airflow.failures.read_failures``).
+    The notification (``cleanup_failed`` or ``cleanup_successful``) carries the properties of every
+    destination that was cleaned, as they are after the cleanup.
+    """
+    from backup_ops.adapters.notify import deliver
+    from backup_ops.adapters.notify.properties import destination_properties
+
+    outcome = cleanup_outcome(destinations, summaries, task_states, failures)
     totals = outcome.totals
     done = (f"kept {totals['kept']}, deleted {totals['deleted']}, freed {human_bytes(totals['bytes_freed'])}, "
             f"removed {totals['leftovers']} leftover(s) of failed publishes on {', '.join(outcome.cleaned) or 'none'}")
     error = outcome.error()
+    damaged = (["damaged archives (kept for a human; see docs/runbook.md):", *outcome.damaged, ""]
+               if outcome.damaged else [])
+    dry_run = any(isinstance(s, Mapping) and s.get("dry_run") for s in (
+        [summaries] if isinstance(summaries, Mapping) else summaries or []))
+    summary = f"Cleanup {done}" + (" (a dry run: the counts are what a real run would do; nothing was deleted)."
+                                   if dry_run else ".")
+    deliver(config, Notification(
+        "cleanup_failed" if error else "cleanup_successful", config.backup.name, config.backup.name,
+        str(error) if error else summary, failures=tuple(_as_failure(line) for line in outcome.failed),
+        details=(*damaged, done), dag_id=dag_id, run_id=run_id,
+        destinations=destination_properties(config, outcome.cleaned),
+    ))
     if error is not None:
-        details = [*(["failed cleanup tasks:", *outcome.failed, ""] if outcome.failed else []),
-                   *(["damaged archives (kept for a human; see docs/runbook.md):", *outcome.damaged, ""]
-                     if outcome.damaged else []), done]
-        notify_run(config, dag_id=dag_id, run_id=run_id, what="cleanup", succeeded=False, details=details)
         raise error
-    notify_run(config, dag_id=dag_id, run_id=run_id, what="cleanup", succeeded=True, details=[done])
     return totals
+
+
+def _as_failure(line: str) -> Failure:
+    """``cleanup[b] failed: <cause>`` → Failure("cleanup[b]", "<cause>"); other states keep their sentence."""
+    task, _, what = line.partition(" ")
+    return Failure(task, what.removeprefix("failed: "))

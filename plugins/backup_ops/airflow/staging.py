@@ -18,7 +18,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from backup_ops.airflow.failures import NOTES_DIR
 from backup_ops.core.config import BackupConfig
 from backup_ops.core.errors import BackupError, ConfigError
 from backup_ops.core.models import run_folder_name
@@ -47,7 +46,7 @@ def prepare_staging(config: BackupConfig, dag_id: str, run_id: str) -> str:
 
 
 def sweep_stale_runs(root: Path, dag_id: str, *, keep: Path, now: float | None = None) -> list[Path]:
-    """Remove ``dag_id``'s run folders and failure notes below ``root`` untouched for ``STALE_AFTER``.
+    """Remove ``dag_id``'s run folders below ``root`` untouched for ``STALE_AFTER``.
 
     Such a run was killed before its teardown (or kept its archive for a retry that never came);
     its folder may hold plaintext dumps. Returns what was removed; a folder that cannot be removed
@@ -57,7 +56,6 @@ def sweep_stale_runs(root: Path, dag_id: str, *, keep: Path, now: float | None =
     prefix = run_folder_name(dag_id, "")
     removed: list[Path] = []
     candidates = [p for p in _entries(root) if p.name.startswith(prefix) and p != keep]
-    candidates += [p for p in _entries(root / NOTES_DIR) if p.name.startswith(prefix)]
     for path in candidates:
         try:
             if path.is_symlink() or _newest_change(path) >= cutoff:

@@ -5,33 +5,41 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from backup_ops.core.config.model import (
+    CHANNELS,
     BackupConfig,
     BackupSettings,
     CleanupSettings,
     Compression,
+    CustomCheckSpec,
     DatabaseSource,
     DestinationConfig,
     DestinationSettings,
     FileSource,
     LocalDestinationConfig,
+    MailChannel,
     MonitorSettings,
     NotificationSettings,
     RetentionSettings,
     S3DestinationConfig,
     SecretRef,
+    SlackChannel,
+    WebhookChannel,
 )
 from backup_ops.core.config.node import ConfigNode
 from backup_ops.core.errors import ConfigError
+from backup_ops.core.notification import EVENTS, FAILURE_EVENTS
 from backup_ops.core.pg_dump_args import extra_args_problem
 
 CONFIG_ENV = "BACKUP_OPS_CONFIG"
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[4] / "include" / "backup_config.yaml"
 
 _COMPRESSION_LEVELS = {"gzip": (1, 9), "zstd": (1, 22), "lz4": (1, 12)}
+MAX_DEADLINE_MINUTES = 23 * 60  # backup_daily's dagrun_timeout
 
 
 def config_path() -> Path:
@@ -78,7 +86,7 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> BackupConfig:
 def _parse_backup(node: ConfigNode) -> BackupSettings:
     node.require_mapping()
     node.only_keys({"name", "source", "destination", "staging_directory", "password", "encryption",
-                    "tries", "retry_delay", "schedule"})
+                    "tries", "retry_delay", "schedule", "deadline_minutes"})
     name = node.child("name", required=True).name()
     source = node.child("source", required=True)
     source.require_mapping()
@@ -111,7 +119,20 @@ def _parse_backup(node: ConfigNode) -> BackupSettings:
         tries=node.child("tries").integer(default=1, minimum=1),
         retry_delay=node.child("retry_delay").integer(default=0, minimum=0),
         schedule=node.child("schedule").cron(default="0 2 * * *"),
+        deadline_minutes=_parse_deadline_minutes(node.child("deadline_minutes")),
     )
+
+
+def _parse_deadline_minutes(node: ConfigNode) -> int | None:
+    """``backup.deadline_minutes``: absent → 120; null or 0 → no late-backup alert.
+
+    At most 1380: backup_daily's dagrun_timeout (23 h) fails a run still going then, and that
+    failure is notified as backup_failed.
+    """
+    if node.present and node.value is None:
+        return None
+    minutes = node.integer(default=BackupSettings.deadline_minutes, minimum=0, maximum=MAX_DEADLINE_MINUTES)
+    return minutes or None
 
 
 def _parse_files(node: ConfigNode) -> FileSource:
@@ -350,42 +371,160 @@ def _parse_monitor(node: ConfigNode) -> MonitorSettings:
     if not node.present or node.value is None:
         return MonitorSettings()
     node.require_mapping()
-    node.only_keys({"max_age_days", "max_storage_mb", "restore_drill_max_age_days", "schedule"})
+    node.only_keys({"max_age_days", "max_storage_mb", "restore_drill_max_age_days", "schedule", "deep_verify",
+                    "custom_checks", "tries", "retry_delay"})
     storage = node.child("max_storage_mb")
     drill = node.child("restore_drill_max_age_days")
+    defaults = MonitorSettings()
     return MonitorSettings(
-        max_age_days=node.child("max_age_days").number(default=1.0, minimum=0.01),
+        max_age_days=node.child("max_age_days").number(default=defaults.max_age_days, minimum=0.01),
         max_storage_mb=None if storage.present and storage.value is None else storage.integer(default=5000, minimum=1),
         restore_drill_max_age_days=None if drill.present and drill.value is None
         else drill.integer(default=35, minimum=1),
-        schedule=node.child("schedule").cron(default="0 */6 * * *"),
+        schedule=node.child("schedule").cron(default=defaults.schedule),
+        deep_verify=node.child("deep_verify").boolean(default=defaults.deep_verify),
+        custom_checks=tuple(_parse_custom_check(item) for item in node.child("custom_checks").items()),
+        tries=node.child("tries").integer(default=defaults.tries, minimum=1),
+        retry_delay=node.child("retry_delay").integer(default=defaults.retry_delay, minimum=0),
     )
+
+
+_DOTTED_CLASS = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+_CUSTOM_CHECK_ACCEPTED = ("a dotted path to a class such as 'my_checks.OffsiteCopyCheck', or a mapping "
+                          "{class: my_checks.OffsiteCopyCheck, options: {days: 2}}")
+
+
+def _parse_custom_check(item: ConfigNode) -> CustomCheckSpec:
+    """One ``monitor.custom_checks`` entry; the class is imported when the checks run, not here (parse time)."""
+    if isinstance(item.value, str):
+        path, options = item, None
+    elif isinstance(item.value, Mapping):
+        item.only_keys({"class", "options"})
+        path, options = item.child("class", required=True), item.child("options")
+    else:
+        item.fail(_CUSTOM_CHECK_ACCEPTED)
+    class_path = path.string().strip()
+    if not _DOTTED_CLASS.fullmatch(class_path):
+        path.fail(_CUSTOM_CHECK_ACCEPTED)
+    if options is None or not options.present or options.value is None:
+        return CustomCheckSpec(class_path)
+    options.require_mapping()
+    for key in options.value:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(f"{options.path_str} must map keyword argument names to values (they are passed "
+                              f"as {class_path.rsplit('.', 1)[1]}(**options)), got the key {key!r}.")
+    return CustomCheckSpec(class_path, dict(options.value))
 
 
 def _parse_notifications(node: ConfigNode) -> NotificationSettings:
+    """``notifications``: the channels (mail, slack, webhook) and the event → channels routing."""
     if not node.present or node.value is None:
         return NotificationSettings()
     node.require_mapping()
-    node.only_keys({"mail", "on_success", "on_failure"})
-    mail = node.child("mail")
-    to: tuple[str, ...] = ()
-    sender = None
-    conn_id = "smtp_default"
-    if mail.present and mail.value is not None:
-        mail.require_mapping()
-        mail.only_keys({"to", "from", "conn_id"})
-        to_node = mail.child("to")
-        to = (to_node.string(),) if isinstance(to_node.value, str) else to_node.string_list()
-        for address in to:
-            if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", address):
-                raise ConfigError(f"{to_node.path_str}: {address!r} is not a valid email address.")
-        sender_node = mail.child("from")
-        sender = sender_node.string() if sender_node.present and sender_node.value is not None else None
-        conn_id = mail.child("conn_id").name(default="smtp_default")
-    return NotificationSettings(
-        mail_to=to,
-        mail_from=sender,
-        smtp_conn_id=conn_id,
-        on_success=node.child("on_success").boolean(default=False),
-        on_failure=node.child("on_failure").boolean(default=True),
+    node.only_keys({"events", "mail", "slack", "webhook", "on_failure", "on_success"})
+    channels = NotificationSettings(
+        mail=_parse_mail_channel(node.child("mail")),
+        slack=_parse_slack_channel(node.child("slack")),
+        webhook=_parse_webhook_channel(node.child("webhook")),
     )
+    return replace(channels, routes=_parse_routes(node, channels.configured()))
+
+
+_EMAIL_RE = re.compile(r"[^@\s,<>]+@[^@\s,<>]+\.[^@\s,<>]+")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_RECIPIENTS_ACCEPTED = ("an address, a list of addresses, or {env: NAME} naming an environment variable that "
+                        "holds comma-separated addresses")
+# notifications.on_failure / on_success: laravel-style shorthand for the mail routing of a run's outcome.
+_OUTCOME_SHORTHAND = {
+    "on_failure": ("backup_failed", "cleanup_failed", "restore_drill_failed"),
+    "on_success": ("backup_successful", "cleanup_successful", "restore_drill_succeeded"),
+}
+
+
+def _parse_routes(node: ConfigNode, configured: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Every event with its channels: the defaults (failures, unhealthy and late → mail), then the config's."""
+    events = node.child("events")
+    shorthand = [key for key in _OUTCOME_SHORTHAND if node.child(key).present]
+    if events.present and shorthand:
+        raise ConfigError(f"notifications.{shorthand[0]} is a shorthand for the mail routing in notifications.events; "
+                          f"set one or the other, not both.")
+    mail: tuple[str, ...] = ("mail",) if "mail" in configured else ()
+    routes = {event: mail if event in FAILURE_EVENTS else () for event in EVENTS}
+    for key, outcome_events in _OUTCOME_SHORTHAND.items():
+        wanted = node.child(key).boolean(default=key == "on_failure")
+        routes.update({event: mail if wanted else () for event in outcome_events})
+    if events.present and events.value is not None:
+        events.require_mapping()
+        events.only_keys(set(EVENTS))
+        for event in EVENTS:
+            child = events.child(event)
+            if child.present:
+                routes[event] = _parse_channel_list(child, configured)
+    return tuple((event, routes[event]) for event in EVENTS)
+
+
+def _parse_channel_list(node: ConfigNode, configured: tuple[str, ...]) -> tuple[str, ...]:
+    """``[mail, slack]`` (a single name or null too): known channels that have a configuration section."""
+    items = [node] if isinstance(node.value, str) else node.items()
+    channels = []
+    for item in items:
+        channel = item.choice(CHANNELS)
+        if channel not in configured:
+            raise ConfigError(f"{node.path_str} sends on {channel}, but notifications.{channel} is not configured; "
+                              f"add notifications.{channel} (see docs/configuration.md) or remove {channel} here.")
+        channels.append(channel)
+    return tuple(dict.fromkeys(channels))
+
+
+def _parse_mail_channel(node: ConfigNode) -> MailChannel | None:
+    if not node.present or node.value is None:
+        return None
+    node.require_mapping()
+    node.only_keys({"to", "from", "conn_id"})
+    sender = node.child("from")
+    return MailChannel(
+        to=_parse_recipients(node.child("to", required=True)),
+        sender=sender.string() if sender.present and sender.value is not None else None,
+        conn_id=node.child("conn_id").name(default="smtp_default"),
+    )
+
+
+def _parse_recipients(node: ConfigNode) -> tuple[str | SecretRef, ...]:
+    """``mail.to``: addresses (a string may hold several, comma-separated) and ``{env: NAME}`` references."""
+    recipients: list[str | SecretRef] = []
+    for item in [node] if isinstance(node.value, (str, Mapping)) else node.items():
+        if isinstance(item.value, Mapping):
+            name = item.value.get("env") if len(item.value) == 1 else None
+            if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name.strip()):
+                item.fail(_RECIPIENTS_ACCEPTED)
+            recipients.append(SecretRef("env", str(name).strip()))
+            continue
+        if not isinstance(item.value, str):
+            item.fail(_RECIPIENTS_ACCEPTED)
+        for address in (part.strip() for part in item.string().split(",")):
+            if not _EMAIL_RE.fullmatch(address):
+                raise ConfigError(f"{node.path_str}: {address!r} is not a valid email address.")
+            recipients.append(address)
+    if not recipients:
+        node.fail(_RECIPIENTS_ACCEPTED)
+    return tuple(recipients)
+
+
+def _parse_slack_channel(node: ConfigNode) -> SlackChannel | None:
+    """``slack``: the Airflow Slack Incoming Webhook connection (its password holds the webhook URL or token)."""
+    if not node.present or node.value is None:
+        return None
+    node.require_mapping()
+    node.only_keys({"conn_id"})
+    return SlackChannel(conn_id=node.child("conn_id").name(default=SlackChannel.conn_id))
+
+
+def _parse_webhook_channel(node: ConfigNode) -> WebhookChannel | None:
+    """``webhook``: the Airflow HTTP connection (base URL, credentials) and an endpoint below it."""
+    if not node.present or node.value is None:
+        return None
+    node.require_mapping()
+    node.only_keys({"conn_id", "endpoint"})
+    endpoint = node.child("endpoint")
+    return WebhookChannel(conn_id=node.child("conn_id").name(default=WebhookChannel.conn_id),
+                          endpoint=endpoint.string() if endpoint.present and endpoint.value is not None else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from backup_ops.core.errors import ConfigError
 
@@ -115,6 +115,8 @@ class BackupSettings:
     tries: int = 1
     retry_delay: int = 0
     schedule: str = "0 2 * * *"
+    deadline_minutes: int | None = 120
+    """Minutes after a run is queued by when it must be over, else ``backup_late`` is sent; None: no alert."""
 
 
 @dataclass(frozen=True)
@@ -142,20 +144,82 @@ class CleanupSettings:
 
 
 @dataclass(frozen=True)
+class CustomCheckSpec:
+    """One ``monitor.custom_checks`` entry: a class by dotted path and the keyword options it is built with."""
+
+    class_path: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class MonitorSettings:
+    """``monitor``: the health checks ``backup_monitor`` and ``list`` run on every destination.
+
+    None for ``max_storage_mb`` or ``restore_drill_max_age_days`` switches that check off.
+    """
+
     max_age_days: float = 1.0
     max_storage_mb: int | None = 5000
     restore_drill_max_age_days: int | None = 35
     schedule: str = "0 */6 * * *"
+    deep_verify: bool = False
+    custom_checks: tuple[CustomCheckSpec, ...] = ()
+    tries: int = 2
+    retry_delay: int = 60
+
+
+CHANNELS = ("mail", "slack", "webhook")
+"""The notification channels, each an Airflow provider's notifier (see backup_ops.adapters.notify)."""
+
+
+@dataclass(frozen=True)
+class MailChannel:
+    """``notifications.mail``: the SMTP provider's notifier, through an Airflow SMTP connection.
+
+    Each ``to`` entry is an address, or an ``{env: NAME}`` reference to a variable holding
+    comma-separated addresses, read on the worker when a mail is sent.
+    """
+
+    to: tuple[str | SecretRef, ...]
+    sender: str | None = None
+    conn_id: str = "smtp_default"
+
+
+@dataclass(frozen=True)
+class SlackChannel:
+    """``notifications.slack``: the Slack provider's webhook notifier; the connection holds the webhook URL."""
+
+    conn_id: str = "slack_default"
+
+
+@dataclass(frozen=True)
+class WebhookChannel:
+    """``notifications.webhook``: the HTTP provider's notifier POSTs a JSON body to the connection's URL + endpoint."""
+
+    conn_id: str = "http_default"
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True)
 class NotificationSettings:
-    mail_to: tuple[str, ...] = ()
-    mail_from: str | None = None
-    smtp_conn_id: str = "smtp_default"
-    on_success: bool = False
-    on_failure: bool = True
+    """``notifications``: the channels each event is sent on, and how each channel is reached.
+
+    ``routes`` lists every event with its channels (none: never sent); only configured channels
+    appear in it (``load`` refuses a route to an unconfigured one).
+    """
+
+    routes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    mail: MailChannel | None = None
+    slack: SlackChannel | None = None
+    webhook: WebhookChannel | None = None
+
+    def channels_for(self, event: str) -> tuple[str, ...]:
+        """The channels ``event`` is sent on (empty: it is never sent)."""
+        return dict(self.routes).get(event, ())
+
+    def configured(self) -> tuple[str, ...]:
+        """The channels that have a configuration section, in CHANNELS order."""
+        return tuple(name for name in CHANNELS if getattr(self, name) is not None)
 
 
 @dataclass(frozen=True)
