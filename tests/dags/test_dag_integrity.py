@@ -96,11 +96,21 @@ def test_every_dag_has_tags_owner_and_retries(dagbag_and_accesses):
 
 def test_backup_dags_run_one_at_a_time(dagbag_and_accesses):
     bag, _ = dagbag_and_accesses
-    for dag_id in ("backup_daily", "backup_cleanup"):
+    for dag_id in ("backup_daily", "backup_cleanup", "backup_monitor"):
         if dag_id in bag.dags:
             dag = bag.dags[dag_id]
             assert dag.max_active_runs == 1, dag_id
             assert dag.catchup is False, dag_id
+
+
+def test_backup_monitor_shape(dagbag_and_accesses):
+    bag, _ = dagbag_and_accesses
+    dag = bag.dags["backup_monitor"]
+    assert dag.timetable.expression == "0 */6 * * *"
+    assert set(dag.params.keys()) == {"disable_notifications"}
+    task = dag.task_dict["check_health"]
+    assert task.map_index_template == "{{ task.op_kwargs['destination'] }}"
+    assert task.retries >= 1 and task.on_failure_callback in (None, [])  # the task notifies itself
 
 
 def test_backup_daily_shape(dagbag_and_accesses):

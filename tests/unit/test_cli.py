@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import yaml
 
 from backup_ops.cli import main
@@ -18,12 +19,19 @@ from backup_ops.cli.list_command import age_text
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def write_config(tmp_path: Path, destinations: list[dict]) -> Path:
+def write_config(tmp_path: Path, destinations: list[dict], **backup: object) -> Path:
     config = {"backup": {"name": "app", "source": {"files": {"include": [str(tmp_path)]}},
-                         "destination": {"destinations": destinations}}}
+                         "destination": {"destinations": destinations}, **backup}}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+LIST_HEADER = ["Name", "Destination", "Reachable", "Healthy", "# of backups", "Newest backup", "Used storage"]
+
+
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip("|").split("|")]
 
 
 def test_list_shows_one_row_per_destination(tmp_path, capsys):
@@ -37,12 +45,11 @@ def test_list_shows_one_row_per_destination(tmp_path, capsys):
     assert main(["--config", str(config), "list"]) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if "Destination" in line)
-    assert [c.strip() for c in header.strip("|").split("|")] == [
-        "Name", "Destination", "Reachable", "# of backups", "Newest backup", "Used storage"]
+    assert cells(header) == LIST_HEADER
     disk = next(line for line in out.splitlines() if "| disk" in line)
     assert "| yes " in disk and "| 2 " in disk and "3.00 KB" in disk
     gone = next(line for line in out.splitlines() if "| gone" in line)
-    assert "| no " in gone and "/" in gone
+    assert cells(gone)[2:] == ["no", "no", "/", "/", "/"]
     assert "does not exist" in out
 
 
@@ -60,21 +67,53 @@ def published_backups(root: Path, sizes: dict[str, int]) -> None:
         (root / "app" / f"{name}.json").write_bytes(receipt_bytes(receipt))
 
 
-def test_list_output_of_a_healthy_destination_is_laravel_backups_table(tmp_path):
+def real_backups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *dates: datetime) -> tuple[Path, int]:
+    """A local destination holding real encrypted backup-ops archives (with receipts); its config and bytes used."""
+    from backup_ops.adapters.destinations.local import LocalDestination
+    from tests.backup_archives import ARCHIVE_PASSWORD, publish_backup
+
+    root = tmp_path / "disk"
+    root.mkdir()
+    destination = LocalDestination("disk", "app", root)
+    keys = [publish_backup(destination, tmp_path / "work", date) for date in dates]
+    monkeypatch.setenv("LIST_TEST_ARCHIVE_PASSWORD", ARCHIVE_PASSWORD)
+    config = write_config(tmp_path, [{"name": "disk", "type": "local", "path": str(root)}],
+                          password={"env": "LIST_TEST_ARCHIVE_PASSWORD"}, encryption="aes256")
+    return config, sum((root / key).stat().st_size for key in keys)
+
+
+def test_list_output_of_a_healthy_destination_is_laravel_backups_table(tmp_path, monkeypatch):
     from backup_ops.cli.list_command import destination_statuses, render_table
     from backup_ops.core.config import load_config
+    from backup_ops.core.models import human_bytes
 
-    published_backups(tmp_path / "disk", {"2026-11-25-02-00-00.zip": 2048, "2026-11-26-02-00-00.zip": 1024})
-    config = load_config(write_config(tmp_path, [{"name": "disk", "type": "local", "path": str(tmp_path / "disk")}]))
-    now = datetime(2026, 11, 27, 2, tzinfo=UTC)
-    assert render_table(destination_statuses(config), now) == "\n".join([
-        "+------+-------------+-----------+--------------+------------------+--------------+",
-        "| Name | Destination | Reachable | # of backups | Newest backup    | Used storage |",
-        "+------+-------------+-----------+--------------+------------------+--------------+",
-        "| app  | disk        | yes       | 2            | 1.00 (1 day ago) | 3.00 KB      |",
-        "+------+-------------+-----------+--------------+------------------+--------------+",
+    config, used = real_backups(tmp_path, monkeypatch, datetime(2026, 11, 25, 2, tzinfo=UTC),
+                                datetime(2026, 11, 26, 2, tzinfo=UTC))
+    now = datetime(2026, 11, 27, 1, tzinfo=UTC)
+    statuses = destination_statuses(load_config(config), now)
+    assert render_table(statuses, now) == "\n".join([
+        "+------+-------------+-----------+---------+--------------+---------------------+--------------+",
+        "| Name | Destination | Reachable | Healthy | # of backups | Newest backup       | Used storage |",
+        "+------+-------------+-----------+---------+--------------+---------------------+--------------+",
+        f"| app  | disk        | yes       | yes     | 2            | 0.96 (23 hours ago) | {human_bytes(used):<12} |",
+        "+------+-------------+-----------+---------+--------------+---------------------+--------------+",
         f"disk: {(tmp_path / 'disk').as_uri()}",
     ])
+    assert [c.status.value for c in statuses[0].report.checks] == ["pass", "pass", "pass", "pass", "skipped"]
+
+
+def test_list_names_each_failed_check_in_a_second_table_and_still_exits_0(tmp_path, capsys, monkeypatch):
+    """laravel-backup's ``backup:list``: the "Unhealthy backup destinations" table, computed as the monitor does."""
+    config, _ = real_backups(tmp_path, monkeypatch, datetime(2026, 11, 20, 2, tzinfo=UTC))  # days old by now
+    assert main(["--config", str(config), "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert cells(next(line for line in lines if "| disk" in line))[3] == "no"
+    start = lines.index("Unhealthy backup destinations")
+    assert cells(lines[start + 2]) == ["Name", "Destination", "Failed check", "Description"]
+    rows = [cells(line) for line in lines[start + 4:] if line.startswith("| ")]
+    assert [row[:3] for row in rows] == [["app", "disk", "max_age_days"]]
+    assert rows[0][3].startswith("The latest backup made on 2026-11-20 02:00:00 UTC is considered too old (")
+    assert rows[0][3].endswith(" days; monitor.max_age_days is 1).")
 
 
 def test_list_marks_damaged_archives_below_the_table(tmp_path, capsys):
@@ -85,8 +124,9 @@ def test_list_marks_damaged_archives_below_the_table(tmp_path, capsys):
     assert main(["--config", str(config), "list"]) == 0
 
     lines = capsys.readouterr().out.splitlines()
-    assert [c.strip() for c in lines[1].strip("|").split("|")] == [
-        "Name", "Destination", "Reachable", "# of backups", "Newest backup", "Used storage"]
+    assert cells(lines[1]) == LIST_HEADER
+    assert ["app", "disk", "newest_intact", "The newest backup app/2026-11-26-02-00-00.zip is damaged: size differs: "
+            "100 bytes, but its receipt says 1024; it protects nothing."] in [cells(line) for line in lines]
     assert lines[-2:] == ["disk: DAMAGED app/2026-11-26-02-00-00.zip: size differs: 100 bytes, but its receipt "
                           "says 1024",
                           "disk: newest intact backup: app/2026-11-25-02-00-00.zip"]

@@ -1,7 +1,11 @@
 """``python -m backup_ops list``: laravel-backup's ``backup:list`` table, one row per destination.
 
-Below the table, a line for each damaged archive among the newest ones (their size or SHA-256
-contradicts the receipt), so laravel-backup's columns stay as they were.
+The Healthy column and the "Unhealthy backup destinations" table come from the same code as the
+``backup_monitor`` DAG: the destination is gathered with ``take_snapshot`` and judged by
+``backup_ops.core.health.evaluate`` at the moment ``list`` runs. Below the tables, a line for each
+destination (its location, or why it could not be read) and for each damaged archive among the
+newest ones (their size or SHA-256 contradicts the receipt). ``list`` exits 0 whatever it finds
+(laravel-backup); ``backup_monitor`` is what alerts.
 """
 
 from __future__ import annotations
@@ -11,54 +15,74 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from backup_ops.core.config import BackupConfig
-from backup_ops.core.errors import BackupError
+from backup_ops.core.health import DestinationSnapshot, HealthReport, evaluate
 from backup_ops.core.models import ArchiveIntegrity, BackupFile, human_bytes
 
 
 @dataclass(frozen=True)
 class DestinationStatus:
-    """What ``list`` shows for one destination."""
+    """What ``list`` shows for one destination: what it holds, and the monitor's verdict on it."""
 
-    name: str
-    destination: str
-    location: str
-    reachable: bool
-    error: str | None
-    backups: list[BackupFile]
-    checks: tuple[ArchiveIntegrity, ...] = ()  # the newest archives, newest first, down to the first intact one
+    snapshot: DestinationSnapshot
+    report: HealthReport
+
+    @property
+    def name(self) -> str:
+        return self.snapshot.backup_name
+
+    @property
+    def destination(self) -> str:
+        return self.snapshot.destination
+
+    @property
+    def reachable(self) -> bool:
+        return self.snapshot.reachable
+
+    @property
+    def healthy(self) -> bool:
+        return self.report.healthy
+
+    @property
+    def backups(self) -> tuple[BackupFile, ...]:
+        return self.snapshot.backups
 
     @property
     def newest(self) -> BackupFile | None:
-        return self.backups[0] if self.backups else None
+        return self.snapshot.backups[0] if self.snapshot.backups else None
+
+    @property
+    def checks(self) -> tuple[ArchiveIntegrity, ...]:
+        """The newest archives checked against their receipts, newest first, down to the first intact one."""
+        return self.snapshot.integrity
 
     @property
     def damaged(self) -> list[ArchiveIntegrity]:
         return [check for check in self.checks if check.damaged]
 
+    @property
+    def error(self) -> str | None:
+        """Why the destination, or its newest backups, could not be read; None when they could."""
+        if not self.snapshot.reachable:
+            return self.snapshot.unreachable_reason
+        if self.snapshot.newest_error:
+            return f"the newest backups could not be checked against their receipts: {self.snapshot.newest_error}"
+        return None
 
-def destination_statuses(config: BackupConfig) -> list[DestinationStatus]:
-    """List every configured destination; an unreachable one is reported, not raised.
 
-    The newest archives are checked against their receipts as cleanup checks them, down to the
-    first intact one (a local archive is read once to hash it; on S3 one HEAD and one GET each).
+def destination_statuses(config: BackupConfig, now: datetime) -> list[DestinationStatus]:
+    """Gather and judge every configured destination as ``backup_monitor`` does; nothing is raised for what is found.
+
+    On a local disk the newest archive is read twice (hashed, then every member checked with the
+    archive password); on S3 one GET and one HEAD per archive checked, and a download only with
+    ``monitor.deep_verify``.
     """
     from backup_ops.adapters.destinations.factory import make_destination
+    from backup_ops.adapters.destinations.snapshot import take_snapshot
 
     statuses = []
     for dest_config in config.backup.destination.destinations:
-        dest = make_destination(dest_config, config.backup.name)
-        try:
-            dest.check_reachable()
-            backups = dest.list_backups()
-        except BackupError as exc:
-            statuses.append(DestinationStatus(config.backup.name, dest.name, dest.location(), False, str(exc), []))
-            continue
-        try:
-            checks, error = tuple(dest.check_newest(backups)), None
-        except BackupError as exc:
-            checks, error = (), f"the newest backups could not be checked against their receipts: {exc}"
-        statuses.append(DestinationStatus(config.backup.name, dest.name, dest.location(), True, error, backups,
-                                          checks))
+        snapshot = take_snapshot(config, make_destination(dest_config, config.backup.name))
+        statuses.append(DestinationStatus(snapshot, evaluate(snapshot, config.monitor, now)))
     return statuses
 
 
@@ -75,30 +99,25 @@ def age_text(date: datetime, now: datetime) -> str:
 
 
 def render_table(statuses: Sequence[DestinationStatus], now: datetime) -> str:
-    """The status table as fixed-width text."""
-    header = ("Name", "Destination", "Reachable", "# of backups", "Newest backup", "Used storage")
+    """The status table, the unhealthy destinations' failed checks, then one line per destination, as text."""
+    header = ("Name", "Destination", "Reachable", "Healthy", "# of backups", "Newest backup", "Used storage")
     rows = [header]
     for s in statuses:
+        healthy = _yes_no(s.healthy)
         if not s.reachable:
-            rows.append((s.name, s.destination, "no", "/", "/", "/"))
+            rows.append((s.name, s.destination, "no", healthy, "/", "/", "/"))
             continue
         newest = age_text(s.newest.date, now) if s.newest else "No backups present"
-        rows.append((s.name, s.destination, "yes", str(len(s.backups)), newest,
-                     human_bytes(sum(b.size for b in s.backups))))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    line = "+".join("-" * (w + 2) for w in widths)
-    out = [f"+{line}+"]
-    for index, row in enumerate(rows):
-        out.append("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |")
-        if index == 0:
-            out.append(f"+{line}+")
-    out.append(f"+{line}+")
+        rows.append((s.name, s.destination, "yes", healthy, str(len(s.backups)), newest,
+                     human_bytes(s.snapshot.used_storage)))
+    out = _table(rows)
+    failures = [(s.name, s.destination, check.name, check.sentence) for s in statuses for check in s.report.failures]
+    if failures:
+        out += ["", "Unhealthy backup destinations", *_table([("Name", "Destination", "Failed check", "Description"),
+                                                              *failures])]
     for s in statuses:
-        if s.error:
-            out.append(f"{s.destination}: {s.error}")
-        else:
-            out.append(f"{s.destination}: {s.location}")
-        # Below the table, so laravel-backup's columns (and a healthy destination's output) stay as they were.
+        out.append(f"{s.destination}: {s.error}" if s.error else f"{s.destination}: {s.snapshot.location}")
+        # Below the tables, so laravel-backup's columns (and a healthy destination's output) stay as they were.
         for check in s.damaged:
             out.append(f"{s.destination}: DAMAGED {check.path}: {check.detail}")
         if s.damaged:
@@ -106,3 +125,21 @@ def render_table(statuses: Sequence[DestinationStatus], now: datetime) -> str:
             out.append(f"{s.destination}: newest intact backup: {intact}" if intact else
                        f"{s.destination}: no intact backup among the {len(s.checks)} newest")
     return "\n".join(out)
+
+
+def _yes_no(value: bool) -> str:
+    """laravel-backup shows ✅/❌; ``list`` says yes/no like its Reachable column (plain in any terminal or log)."""
+    return "yes" if value else "no"
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """Fixed-width text lines: a rule, the header, a rule, the rows, a rule."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    line = "+".join("-" * (w + 2) for w in widths)
+    out = [f"+{line}+"]
+    for index, row in enumerate(rows):
+        out.append("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |")
+        if index == 0:
+            out.append(f"+{line}+")
+    out.append(f"+{line}+")
+    return out

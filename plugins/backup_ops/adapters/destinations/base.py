@@ -25,6 +25,8 @@ from backup_ops.core.errors import DestinationError
 from backup_ops.core.models import ArchiveIntegrity, BackupFile, Integrity, Receipt, date_from_archive_name
 
 RECEIPT_SUFFIX = ".json"
+PROBE_PREFIX = ".backup-ops-probe-"
+"""Name prefix of the probe ``check_writable`` writes and deletes (``python -m backup_ops check``)."""
 NO_RECEIPT = "no receipt beside it: an archive from before backup-ops (laravel-backup) or its receipt was removed"
 
 
@@ -152,11 +154,36 @@ class BackupDestination(ABC):
         """The archive as a local file when the destination is a local disk, else None."""
         return None
 
+    def recorded_sha256(self, path: str) -> str | None:
+        """The SHA-256 backup-ops stored with the archive when it published it, where the store keeps such
+        metadata (S3 object metadata); None when there is none or the store keeps none (a local disk)."""
+        return None
+
+    # -- restore-drill reports (``<backup_name>/restore-drills/*.json``, see core/drill_report.py)
+    @abstractmethod
+    def list_drill_reports(self) -> list[str]:
+        """Keys of the restore-drill reports below ``<backup_name>/restore-drills/``, newest name first."""
+
+    @abstractmethod
+    def read_drill_report(self, key: str, limit: int) -> bytes | None:
+        """At most ``limit + 1`` bytes of one report (more means too big), or None when it is gone.
+
+        Only a regular file or object is read (a link or a FIFO planted there is not followed or opened).
+        """
+
     def used_storage(self, backups: list[BackupFile] | None = None) -> int:
         """Bytes used by the backups (laravel-backup counts archives only)."""
         return sum(b.size for b in (backups if backups is not None else self.list_backups()))
 
     # -- writing
+    @abstractmethod
+    def check_writable(self) -> None:
+        """Write and delete a small probe next to where backups go; DestinationError with the reason if that fails.
+
+        The probe is named ``.backup-ops-probe-<random>`` (never a ``.zip``, so never a backup) and
+        touches nothing else. ``python -m backup_ops check`` calls it after ``check_reachable``.
+        """
+
     @abstractmethod
     def publish(self, source: Path, file_name: str, receipt: Receipt) -> PublishedBackup:
         """Copy ``source`` to ``<backup_name>/<file_name>`` atomically, never overwriting another archive.

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import time
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from backup_ops.adapters.destinations.base import (
+    PROBE_PREFIX,
     RECEIPT_SUFFIX,
     BackupDestination,
     Leftover,
@@ -30,6 +32,7 @@ from backup_ops.adapters.destinations.base import (
     size_differs,
     sorted_newest_first,
 )
+from backup_ops.core.drill_report import DRILL_REPORTS_FOLDER, REPORT_SUFFIX
 from backup_ops.core.errors import DestinationError, VerificationError
 from backup_ops.core.fileio import CHUNK_SIZE, fsync_directory, sha256_of_stream
 from backup_ops.core.models import ArchiveIntegrity, BackupFile, Integrity, Receipt, is_backup_key
@@ -143,6 +146,24 @@ class LocalDestination(BackupDestination):
         final = self._file(self.backup_key(file_name))
         return os.path.lexists(final) or os.path.lexists(_receipt_file(final))
 
+    def check_writable(self) -> None:
+        """Create, fsync and delete a probe file in ``<path>/<backup_name>/`` (in ``<path>`` until that exists)."""
+        self.check_reachable()
+        folder = self.root / self.backup_name
+        probe = (folder if folder.is_dir() else self.root) / f"{PROBE_PREFIX}{secrets.token_hex(8)}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with open(fd, "wb") as out:
+                    out.write(b"backup-ops write probe\n")
+                    out.flush()
+                    os.fsync(out.fileno())
+            finally:
+                probe.unlink()
+            fsync_directory(probe.parent)
+        except OSError as exc:
+            raise _os_error(self.name, probe, exc) from exc
+
     def publish(self, source: Path, file_name: str, receipt: Receipt) -> PublishedBackup:
         key = self.backup_key(file_name)
         final = self._file(key)
@@ -253,6 +274,32 @@ class LocalDestination(BackupDestination):
             fsync_directory(file.parent)
         except OSError as exc:
             raise DestinationError(f"Destination {self.name}: cannot delete {file}: {exc.strerror}.") from exc
+
+    def list_drill_reports(self) -> list[str]:
+        folder = self.root / self.backup_name / DRILL_REPORTS_FOLDER
+        try:
+            with os.scandir(folder) as entries:
+                names = [e.name for e in entries if e.name.endswith(REPORT_SUFFIX) and e.is_file(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            raise DestinationError(f"Destination {self.name}: cannot list {folder}: {exc.strerror or exc}.") from exc
+        return [f"{self.backup_name}/{DRILL_REPORTS_FOLDER}/{name}" for name in sorted(names, reverse=True)]
+
+    def read_drill_report(self, key: str, limit: int) -> bytes | None:
+        file = self._file(key)
+        try:
+            # O_NOFOLLOW: a link planted there is not followed; O_NONBLOCK: a FIFO does not hang the open.
+            fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            why = "it is a symbolic link, which is not followed" if exc.errno == errno.ELOOP else exc.strerror
+            raise DestinationError(f"Destination {self.name}: cannot read {file}: {why}.") from exc
+        with open(fd, "rb") as stream:
+            if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+                raise DestinationError(f"Destination {self.name}: {file} is not a regular file; it was not read.")
+            return stream.read(limit + 1)
 
     def find_leftovers(self, older_than: datetime) -> list[Leftover]:
         """Receipts without their archive, and hidden ``.partial`` copies a killed publish left behind."""

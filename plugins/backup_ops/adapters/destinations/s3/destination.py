@@ -10,6 +10,7 @@ verify.py for how it is proven to be the bytes published).
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -18,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from backup_ops.adapters.destinations.base import (
+    PROBE_PREFIX,
     RECEIPT_SUFFIX,
     BackupDestination,
     Leftover,
@@ -41,7 +43,8 @@ from backup_ops.adapters.destinations.s3.upload import (
     Uploader,
     part_size_for,
 )
-from backup_ops.adapters.destinations.s3.verify import Verifier, integrity_of
+from backup_ops.adapters.destinations.s3.verify import METADATA_SHA256, Verifier, integrity_of
+from backup_ops.core.drill_report import DRILL_REPORTS_FOLDER, REPORT_SUFFIX
 from backup_ops.core.errors import ConfigError, DestinationError, VerificationError
 from backup_ops.core.models import ArchiveIntegrity, BackupFile, Integrity, Receipt, is_backup_key
 
@@ -224,7 +227,66 @@ class S3Destination(BackupDestination):
                 self._bucket.raise_failure("checking", taken, exc)
         return False
 
+    def recorded_sha256(self, path: str) -> str | None:
+        key = self._object_key(path)
+        try:
+            head = self._bucket.head(key)
+        except Exception as exc:
+            self._bucket.raise_failure("checking", key, exc)
+        value = (head or {}).get("Metadata", {}).get(METADATA_SHA256)
+        return str(value) if value else None
+
+    # -- restore-drill reports
+
+    def list_drill_reports(self) -> list[str]:
+        folder = f"{self._folder}{DRILL_REPORTS_FOLDER}/"
+        keys: list[str] = []
+        try:
+            pages = self._bucket.client.get_paginator("list_objects_v2").paginate(Prefix=folder, **self._bucket.args)
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    key = obj["Key"]
+                    if key.endswith(REPORT_SUFFIX) and "/" not in key[len(folder):]:
+                        keys.append(key[len(self._root):])
+        except Exception as exc:
+            self._bucket.raise_failure("listing", folder, exc)
+        return sorted(keys, reverse=True)
+
+    def read_drill_report(self, key: str, limit: int) -> bytes | None:
+        object_key = self._object_key(key)
+        try:
+            # A Range keeps a huge object planted there from being downloaded whole.
+            body = self._bucket.client.get_object(Key=object_key, Range=f"bytes=0-{limit}", **self._bucket.args)["Body"]
+            with body:
+                data: bytes = body.read(limit + 1)
+        except Exception as exc:
+            code = client_error(exc)[0]
+            if code in ("NoSuchKey", "404"):
+                return None
+            if code == "InvalidRange":  # an empty object has no byte 0
+                return b""
+            self._bucket.raise_failure("reading", object_key, exc)
+        return data
+
     # -- writing
+
+    def check_writable(self) -> None:
+        """Put and delete a tiny probe object ``<prefix>/<backup_name>/.backup-ops-probe-<random>``.
+
+        It carries the upload args receipts carry (encryption, ACL …), so a bucket policy that
+        refuses the backups' writes refuses the probe too. The delete proves what cleanup needs.
+        """
+        key = f"{self._folder}{PROBE_PREFIX}{secrets.token_hex(8)}"
+        try:
+            self._bucket.client.put_object(Key=key, Body=b"backup-ops write probe\n", ContentType="text/plain",
+                                           **self._bucket.args, **self._receipt_args)
+        except Exception as exc:
+            self._bucket.raise_failure("writing the probe", key, exc)
+        try:
+            self._bucket.client.delete_object(Key=key, **self._bucket.args)
+        except Exception as exc:
+            self._bucket.raise_failure("deleting the probe", key, exc,
+                                       "; the probe was written and stays there until deleted by hand")
 
     def publish(self, source: Path, file_name: str, receipt: Receipt) -> PublishedBackup:
         path = self.backup_key(file_name)
