@@ -14,6 +14,7 @@ from airflow.sdk import Asset, CronTriggerTimetable, Param, TriggerRule, dag
 
 from backup_ops.airflow import backup_steps as steps
 from backup_ops.airflow import run_outcome, staging
+from backup_ops.airflow.deadline import late_backup_alert
 from backup_ops.airflow.defaults import task_defaults
 from backup_ops.airflow.fail_fast import step
 from backup_ops.airflow.operators import DumpDatabaseOperator, PublishBackupOperator
@@ -56,6 +57,8 @@ Runbook: `docs/runbook.md`.
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=staging.LONGEST_RUN,
+    # backup_late when a run is not over backup.deadline_minutes after it was queued (off: None).
+    deadline=late_backup_alert(CONFIG),
     tags=["backup", "backup-ops", CONFIG.backup.name],
     doc_md=DOC,
     default_args=task_defaults(CONFIG.backup.tries, CONFIG.backup.retry_delay),
@@ -111,8 +114,12 @@ def backup_daily() -> None:
         planned_run = ti.xcom_pull(task_ids="plan", default=None)
         count = len(planned_run["destinations"]) if planned_run else 0
         published = ti.xcom_pull(task_ids="publish", map_indexes=list(range(count)), default=None) if count else []
+        # Each failed task's cause, from its XCom (written by its failure callback on whatever worker it ran).
+        from backup_ops.airflow.failures import read_failures
+
         summary = run_outcome.finish_run(CONFIG, ti.dag_id, ti.run_id, dict(params or {}), planned_run,
-                                         ti.xcom_pull(task_ids="build_archive", default=None), published)
+                                         ti.xcom_pull(task_ids="build_archive", default=None), published,
+                                         read_failures(ti))
         outlet_events[BACKUP_ASSET].extra = summary
         return summary
 

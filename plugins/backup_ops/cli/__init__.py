@@ -1,7 +1,8 @@
 """``python -m backup_ops``: operator commands that work without a running Airflow.
 
 ``list`` prints laravel-backup's ``backup:list`` table (``list_command``); ``verify ARCHIVE`` checks a
-downloaded archive against its manifest and receipt (``verify_command``).
+downloaded archive against its manifest and receipt (``verify_command``); ``check`` proves the setup
+before the first night, one line per check (``check_command``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from backup_ops.cli.check_command import check_command
 from backup_ops.cli.list_command import destination_statuses, render_table
 from backup_ops.cli.verify_command import verify_command
 from backup_ops.core.config import load_config
@@ -24,12 +26,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m backup_ops", description=__doc__)
     parser.add_argument("--config", help="config file (default: $BACKUP_OPS_CONFIG or include/backup_config.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="one row per destination: reachable, count, newest backup, used storage")
+    sub.add_parser("list", help="one row per destination: reachable, healthy (backup_monitor's checks), count, "
+                   "newest backup, used storage; then each failed check")
     verify = sub.add_parser("verify", help="check an archive file member by member against its manifest")
     verify.add_argument("archive", type=Path)
     verify.add_argument("--password-env", default="BACKUP_ARCHIVE_PASSWORD",
                         help="environment variable holding the archive password (default: %(default)s); "
                         "asked for interactively when unset")
+    check = sub.add_parser("check", help="preflight: config, database logins and pg_dump, destinations writable, "
+                           "archive password, notification channels; one line per check, exit 1 if any fails")
+    check.add_argument("--send-test-notification", action="store_true",
+                       help="also deliver one test message on every configured notification channel")
+    check.add_argument("--with-backup", action="store_true",
+                       help="also run a database-only backup to a temporary local destination, verify it, delete it")
     args = parser.parse_args(argv)
     # Provider hooks log routine INFO lines (credentials source, …) that would clutter the table;
     # Airflow configures its loggers from this variable when it is first imported (S3 listing).
@@ -38,9 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             config = load_config(args.config)
-            print(render_table(destination_statuses(config), datetime.now(UTC)))
+            now = datetime.now(UTC)
+            print(render_table(destination_statuses(config, now), now))
         elif args.command == "verify":
             print(verify_command(args.archive, args.password_env))
+        elif args.command == "check":
+            return check_command(args.config, send_test_notification=args.send_test_notification,
+                                 with_backup=args.with_backup)
     except BackupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -99,8 +99,11 @@ def target_from_connection(conn_id: str) -> PgTarget:
     """
     from airflow.sdk import Connection
 
+    from backup_ops.adapters.secrets import airflow_cli_lookups
+
     try:
-        conn = Connection.get(conn_id)
+        with airflow_cli_lookups():  # outside a task, the metadata DB too (see adapters/secrets)
+            conn = Connection.get(conn_id)
     except Exception as exc:  # the SDK raises its own not-found type
         raise ConfigError(
             f"Airflow connection {conn_id!r} (source.databases) could not be read ({type(exc).__name__}); "
