@@ -17,6 +17,7 @@ from backup_ops.airflow import run_outcome, staging
 from backup_ops.airflow.deadline import late_backup_alert
 from backup_ops.airflow.defaults import task_defaults
 from backup_ops.airflow.fail_fast import step
+from backup_ops.airflow.failures import read_failures
 from backup_ops.airflow.operators import DumpDatabaseOperator, PublishBackupOperator
 from backup_ops.core.config import load_config
 
@@ -110,23 +111,20 @@ def backup_daily() -> None:
     @step(trigger_rule=TriggerRule.ALL_DONE, outlets=[BACKUP_ASSET], retries=0, on_failure_callback=None)
     def finalize(ti: Any = None, params: Any = None, outlet_events: Any = None) -> dict[str, Any]:
         # Pulled here, not passed as arguments: upstream failures leave XComs missing, and an
-        # ALL_DONE task must still run to report them.
+        # ALL_DONE task must still run to report them. Causes come from each failed task's XCom.
         planned_run = ti.xcom_pull(task_ids="plan", default=None)
-        count = len(planned_run["destinations"]) if planned_run else 0
-        published = ti.xcom_pull(task_ids="publish", map_indexes=list(range(count)), default=None) if count else []
-        # Each failed task's cause, from its XCom (written by its failure callback on whatever worker it ran).
-        from backup_ops.airflow.failures import read_failures
-
         summary = run_outcome.finish_run(CONFIG, ti.dag_id, ti.run_id, dict(params or {}), planned_run,
-                                         ti.xcom_pull(task_ids="build_archive", default=None), published,
-                                         read_failures(ti))
+                                         ti.xcom_pull(task_ids="build_archive", default=None),
+                                         run_outcome.published_results(ti, planned_run), read_failures(ti))
         outlet_events[BACKUP_ASSET].extra = summary
         return summary
 
     @step(retries=0, on_failure_callback=None)
     def remove_staging(staging_dir: str, ti: Any = None) -> None:
+        planned_run = ti.xcom_pull(task_ids="plan", default=None)
+        missing = run_outcome.missing_destinations(planned_run, run_outcome.published_results(ti, planned_run))
         staging.remove_staging(CONFIG, staging_dir, archive=ti.xcom_pull(task_ids="build_archive", default=None),
-                               outcome=ti.xcom_pull(task_ids="finalize", default=None))
+                               missing_destinations=missing)
 
     # XComArgs are typed Any: TaskFlow's call signatures are not expressible to mypy.
     staged: Any = prepare_staging()
@@ -145,10 +143,13 @@ def backup_daily() -> None:
     published: Any = PublishBackupOperator.partial(
         task_id="publish", archive=archive, map_index_template="{{ task.destination }}"
     ).expand(destination=destinations)
+    removed: Any = remove_staging(staged).as_teardown(setups=staged)
+    [planned, databases, destinations, dumps, files, archive, published] >> removed
     done: Any = finalize()
-    # finalize reports only when every other task of the run has finished, whatever their states.
-    [planned, databases, destinations, dumps, files, archive, published] >> done
-    done >> remove_staging(staged).as_teardown(setups=staged)
+    # finalize reports only when every other task of the run has finished, whatever their states. It
+    # sits after the teardown, outside the staging setup's scope, so that a failed prepare_staging
+    # (which marks every task in its scope upstream_failed) is still reported.
+    [planned, databases, destinations, dumps, files, archive, published, removed] >> done
 
 
 backup_daily()

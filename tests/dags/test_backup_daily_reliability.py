@@ -42,7 +42,8 @@ def tries_of(run: Any, task_id: str) -> list[int]:
 class TestWiring:
     def test_finalize_waits_for_every_task_of_the_run(self, backup_env: Any, dag: Any) -> None:
         # Directly upstream, not only through publish: a failed preflight must not let finalize run early.
-        work = set(dag.task_dict) - {"finalize", "remove_staging", "prepare_staging"}
+        # Not the setup: finalize stays outside its scope, so that a failed setup is reported too.
+        work = set(dag.task_dict) - {"finalize", "prepare_staging"}
         assert work == dag.task_dict["finalize"].upstream_task_ids
 
     def test_dumps_and_files_wait_for_both_preflight_checks(self, backup_env: Any, dag: Any) -> None:
@@ -78,6 +79,23 @@ class TestPermanentErrorsFailAtOnce:
 
 
 class TestTheRunTellsTheTruth:
+    def test_a_staging_folder_that_cannot_be_made_is_reported(self, backup_env: Any, smtp_server: Any,
+                                                               mailbox: Any) -> None:
+        original = backup_env["config"].read_text()
+        config = yaml.safe_load(original)
+        config["backup"]["staging_directory"] = "/dev/null/staging"  # below a file: mkdir fails
+        config["notifications"] = {"mail": {"to": ["ops@example.com"], "from": "backups@example.com"}}
+        backup_env["config"].write_text(yaml.safe_dump(config))
+        try:
+            run, states = run_backup()
+        finally:
+            backup_env["config"].write_text(original)
+        assert run.state == "failed"
+        assert states[("prepare_staging", -1)] == "failed"
+        assert states[("finalize", -1)] == "failed", "finalize runs and reports even when the setup failed"
+        (body,) = mailbox.bodies()
+        assert "prepare_staging" in body and "backup.staging_directory /dev/null" in body
+
     def test_a_run_without_archive_names_the_failed_task_and_its_cause(self) -> None:
         with pytest.raises(BackupError) as caught:
             summarize({"destinations": ["local"]}, None, [], ["check_databases: password authentication failed."],
@@ -124,13 +142,13 @@ class TestStaging:
         (staging / "db-dumps" / "postgresql-app.sql.gz").write_bytes(b"rows")
         (staging / "files.jsonl").write_text("{}\n")
         (staging / "2026-11-29-02-00-00.zip").write_bytes(b"PK")
-        remove_staging(config, str(staging), archive={"name": "2026-11-29-02-00-00.zip"}, outcome=None)
+        remove_staging(config, str(staging), archive={"name": "2026-11-29-02-00-00.zip"},
+                       missing_destinations=["offsite"])
         assert sorted(p.name for p in staging.iterdir()) == ["2026-11-29-02-00-00.zip"]
         # Clearing the failed publish re-runs the setup first: it must not lose the archive.
         assert prepare_staging(config, "backup_daily", "manual__keep") == str(staging)
         assert (staging / "2026-11-29-02-00-00.zip").is_file()
-        remove_staging(config, str(staging), archive={"name": "2026-11-29-02-00-00.zip"},
-                       outcome={"failed_destinations": []})
+        remove_staging(config, str(staging), archive={"name": "2026-11-29-02-00-00.zip"}, missing_destinations=[])
         assert not staging.exists()
 
 

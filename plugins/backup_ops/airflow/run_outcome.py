@@ -65,10 +65,24 @@ def finish_run(config: BackupConfig, dag_id: str, run_id: str, params: dict[str,
 
 
 def _published(published_results: Any) -> list[dict[str, Any]]:
-    """The publish tasks' results that exist: a list, one unwrapped dict, or None."""
+    """The publish results that exist (a one-element pull arrives unwrapped, a failed publish has none)."""
     if isinstance(published_results, dict):
         published_results = [published_results]
     return [p for p in (published_results or []) if p]
+
+
+def published_results(ti: Any, plan_result: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """What the run's publish tasks returned: one result per destination that holds a verified copy."""
+    count = len(plan_result["destinations"]) if plan_result else 0
+    if not count:
+        return []
+    return _published(ti.xcom_pull(task_ids="publish", map_indexes=list(range(count)), default=None))
+
+
+def missing_destinations(plan_result: dict[str, Any] | None, published: Any) -> list[str]:
+    """The planned destinations without a verified copy."""
+    done = {p["destination"] for p in _published(published)}
+    return [name for name in (plan_result or {}).get("destinations", []) if name not in done]
 
 
 def summarize(plan_result: dict[str, Any] | None, archive: dict[str, Any] | None, published_results: Any,

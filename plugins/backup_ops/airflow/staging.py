@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -74,13 +75,12 @@ def sweep_stale_runs(root: Path, dag_id: str, *, keep: Path, now: float | None =
 
 
 def remove_staging(config: BackupConfig, staging_dir: str | None, *, archive: dict[str, Any] | None = None,
-                   outcome: dict[str, Any] | None = None) -> None:
-    """Delete the run's staging folder, keeping the staged ``archive`` unless ``outcome`` says every destination has it.
+                   missing_destinations: Sequence[str] = ()) -> None:
+    """Delete the run's staging folder; keep the staged ``archive`` while ``missing_destinations`` lack it.
 
-    ``archive`` is build_archive's result, ``outcome`` finalize's (None when the run failed).
+    ``archive`` is build_archive's result (None when none was built).
     """
-    complete = outcome is not None and not outcome.get("failed_destinations")
-    keep_archive = None if complete or not archive else str(archive.get("name") or "")
+    keep_archive = str(archive.get("name") or "") if archive and missing_destinations else None
     if not staging_dir:
         return
     path = Path(staging_dir)
