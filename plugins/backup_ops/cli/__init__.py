@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from backup_ops.adapters.secrets import airflow_cli_lookups
 from backup_ops.cli.check_command import check_command
 from backup_ops.cli.list_command import destination_statuses, render_table
 from backup_ops.cli.verify_command import verify_command
@@ -48,7 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "list":
             config = load_config(args.config)
             now = datetime.now(UTC)
-            print(render_table(destination_statuses(config, now), now))
+            # Connections stored in the metadata DB are found as the airflow CLI finds them.
+            with airflow_cli_lookups():
+                print(render_table(destination_statuses(config, now), now))
         elif args.command == "verify":
             print(verify_command(args.archive, args.password_env))
         elif args.command == "check":
