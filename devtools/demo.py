@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -45,7 +46,7 @@ def main() -> int:
     DEMO.mkdir(exist_ok=True)
     (DEMO / "logs").mkdir(exist_ok=True)
     say("backup-ops demo\n===============")
-    with EmbeddedPostgres(data_dir=DEMO / "pgdata") as pg, s3_endpoint() as s3_url:
+    with EmbeddedPostgres(data_dir=DEMO / "pgdata") as pg, s3_endpoint() as s3_url, mail_sink() as (smtp, inbox):
         with pg.connect() as conn:
             version = conn.execute("SHOW server_version").fetchone()
         say(f"PostgreSQL {version[0] if version else '?'} running on {pg.host}:{pg.port} (data in .demo/pgdata)")
@@ -53,10 +54,16 @@ def main() -> int:
         app_root = build_sample_app(DEMO / "app")
         say(f"Sample application tree: {app_root.relative_to(ROOT)}")
         say(f"S3-compatible endpoint (moto, in memory) at {s3_url}, bucket {S3_BUCKET!r}")
-        env = airflow_env(pg, app_root, s3_url)
+        say(f"Mail sink (aiosmtpd) on {smtp}: the notifications go there")
+        env = airflow_env(pg, app_root, s3_url, smtp)
         _run(["airflow", "db", "migrate"], env, "airflow-db-migrate.log", "Migrating the Airflow metadata DB")
         _run(["airflow", "pools", "set", DUMP_POOL, "1", "backup-ops: one pg_dump at a time per database server"],
              env, "airflow-pools.log", f"Creating the {DUMP_POOL!r} pool (one dump at a time)")
+        say("\n$ python -m backup_ops check --send-test-notification   (the preflight, before the first night)")
+        checked = subprocess.run([sys.executable, "-m", "backup_ops", "check", "--send-test-notification"], env=env,
+                                 check=False)
+        if checked.returncode != 0:
+            return 1
         ok = _run(["airflow", "dags", "test", "backup_daily"], env, "backup_daily.log",
                   "Running backup_daily with `airflow dags test`", show_task_lines=True)
         if not ok:
@@ -75,6 +82,7 @@ def main() -> int:
         _restore_check(pg, archive)
         say("\n$ python -m backup_ops list")
         subprocess.run([sys.executable, "-m", "backup_ops", "list"], env=env, check=True)
+        say(f"\nMail sink received {len(inbox)} message(s): " + "; ".join(repr(subject) for subject in inbox))
     say(f"\nDone in {time.monotonic() - started:.0f} s. Archive password: {DEMO_PASSWORD!r}  "
         f"(try: 7zz l -p{DEMO_PASSWORD} {archive.relative_to(ROOT)})")
     say("PostgreSQL and the S3 endpoint were stopped; .demo/pgdata and .demo/backups stay for the next run "
@@ -134,7 +142,33 @@ def demo_config() -> Path:
     return path
 
 
-def airflow_env(pg: EmbeddedPostgres, app_root: Path, s3_url: str) -> dict[str, str]:
+@contextmanager
+def mail_sink() -> Iterator[tuple[str, list[str]]]:
+    """An SMTP server on a free loopback port (aiosmtpd) that keeps the subject of every message."""
+    import email
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    subjects: list[str] = []
+
+    class Handler:
+        async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+            subjects.append(str(email.message_from_bytes(envelope.content)["Subject"]))
+            return "250 OK"
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield f"127.0.0.1:{port}", subjects
+    finally:
+        controller.stop()
+
+
+def airflow_env(pg: EmbeddedPostgres, app_root: Path, s3_url: str, smtp: str) -> dict[str, str]:
     """Environment for the airflow CLI: project-local AIRFLOW_HOME, our dags/plugins, demo services."""
     env = dict(os.environ)
     s3_connection = {"conn_type": "aws", "login": "demo-access-key", "password": "demo-secret-key",
@@ -153,6 +187,9 @@ def airflow_env(pg: EmbeddedPostgres, app_root: Path, s3_url: str) -> dict[str, 
         "BACKUP_OPS_STAGING": str(DEMO / "staging"),
         "AIRFLOW_CONN_APP_DB": pg.conn_uri(APP_DB, user=APP_USER, password=APP_USER_PASSWORD),
         "AIRFLOW_VAR_BACKUP_ARCHIVE_PASSWORD": DEMO_PASSWORD,
+        "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps({
+            "conn_type": "smtp", "host": smtp.split(":")[0], "port": int(smtp.split(":")[1]),
+            "extra": {"disable_ssl": True, "disable_tls": True, "retry_limit": 1, "timeout": 10}}),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]),
     })

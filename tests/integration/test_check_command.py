@@ -251,8 +251,10 @@ def test_send_test_notification_delivers_on_the_mail_channel(
         "OK   notifications: mail: test message delivered"
     [message] = demo["mailbox"].messages
     assert message["To"] == "ops@example.com"
-    assert "(test message)" in message["Subject"]
-    assert "This is a test message from `python -m backup_ops check`" in demo["mailbox"].bodies()[0]
+    assert message["Subject"].startswith("Test message from backup-ops for ")
+    body = demo["mailbox"].bodies()[0]
+    assert "if you read it, this channel works" in body
+    assert "Sent by `python -m backup_ops check --send-test-notification`" in body
 
 
 def test_connections_and_variables_in_the_metadata_database_are_found_outside_a_task(

@@ -205,13 +205,13 @@ def _channel_reach(channel: str, settings: Any) -> str:
 def _send_test(config: BackupConfig, channel: str) -> CheckLine:
     """Deliver one test message on ``channel`` alone, through the same deliver() every run uses."""
     from backup_ops.adapters.notify import deliver
-    from backup_ops.core.notification import Notification
+    from backup_ops.core.notification import TEST_EVENT, Notification
 
     name = config.backup.name
     note = Notification(
-        event="healthy_backup_found", application=f"{name} (test message)", backup_name=name,
-        summary=f"This is a test message from `python -m backup_ops check` on {socket.gethostname()}: the {channel} "
-                "channel delivers backup-ops notifications. It says nothing about the backups' health.",
+        event=TEST_EVENT, application=name, backup_name=name,
+        summary=f"Sent by `python -m backup_ops check --send-test-notification` on {socket.gethostname()} through the "
+                f"{channel} channel. It says nothing about the backups themselves.",
     )
     # Routed to this channel only, whatever notifications.events says of the event.
     only_here = dataclasses.replace(config.notifications, routes=((note.event, (channel,)),))

@@ -30,6 +30,8 @@ EVENTS = (
     "restore_drill_succeeded",
     "backup_late",
 )
+TEST_EVENT = "notification_test"
+"""Not routable: ``python -m backup_ops check --send-test-notification`` sends it on one channel at a time."""
 FAILURE_EVENTS = frozenset({"backup_failed", "cleanup_failed", "unhealthy_backup_found", "restore_drill_failed",
                             "backup_late"})
 
@@ -104,7 +106,7 @@ class Notification:
     """For a run-level event (a backup or cleanup run): every destination the run left a result on."""
 
     def __post_init__(self) -> None:
-        if self.event not in EVENTS:
+        if self.event not in EVENTS and self.event != TEST_EVENT:
             raise ValueError(f"Notification event must be one of {', '.join(EVENTS)}, got {self.event!r}.")
 
     @property
@@ -196,6 +198,7 @@ _SUBJECTS = {
     "restore_drill_failed": "Failed restore drill of {app}",
     "restore_drill_succeeded": "Successful restore drill of {app}",
     "backup_late": "Important: The backup of {app} is late",
+    TEST_EVENT: "Test message from backup-ops for {app}",
 }
 _INTROS = {
     "backup_failed": "Important: An error occurred while backing up {app}",
@@ -207,6 +210,7 @@ _INTROS = {
     "restore_drill_failed": "Important: An error occurred while restoring a backup of {app} in a restore drill",
     "restore_drill_succeeded": "Great news, a backup of {app} was restored and checked by a restore drill.",
     "backup_late": "Important: The backup of {app} has not finished by its deadline",
+    TEST_EVENT: "This is a test message from backup-ops for {app}: if you read it, this channel works.",
 }
 NO_BACKUPS = "No backups were made yet"
 
