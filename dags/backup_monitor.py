@@ -62,8 +62,8 @@ task (after notifying). Config: `{CONFIG.source_path}`. What to do when a check 
     render_template_as_native_obj=True,
 )
 def backup_monitor() -> None:
-    # No failure callback: the task sends its own notification before it fails, and nothing in this
-    # DAG collects failure notes for a run-level message.
+    # No failure callback: the task sends its own notification before it fails, and no run-level
+    # task reads failure causes in this DAG.
     @step(map_index_template="{{ task.op_kwargs['destination'] }}", on_failure_callback=None)
     def check_health(destination: str, params: Any = None, ti: Any = None) -> dict[str, Any]:
         return check_destination_health(CONFIG, destination, datetime.now(UTC), ti=ti,

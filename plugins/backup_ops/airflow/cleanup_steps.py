@@ -252,7 +252,7 @@ def cleanup_outcome(destinations: Sequence[str], summaries: Any, task_states: Ma
 
     ``summaries`` is what the tasks returned (a list, one unwrapped dict, or None); ``task_states``
     maps ``cleanup_<map index>`` to its state (map index i is ``destinations[i]``); ``failures``
-    are the run's failure notes (``backup_ops.airflow.failures``), the last one of each failed task
+    are the run's failure causes (``backup_ops.airflow.failures``, from XCom), the last one of each failed task
     being its cause. A destination without a summary is reported by what really happened to its
     task: failed (with the cause), did not run, or had not finished.
     """

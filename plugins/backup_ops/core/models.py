@@ -27,7 +27,7 @@ def human_bytes(count: float) -> str:
 
 
 def run_folder_name(dag_id: str, run_id: str) -> str:
-    """A file-system-safe name for one DAG run (its staging folder, its notes file)."""
+    """A file-system-safe name for one DAG run (its staging folder)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{dag_id}__{run_id}")[:200]
 
 
