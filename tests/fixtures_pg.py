@@ -4,6 +4,7 @@ The server is ``devtools.pgserver.EmbeddedPostgres`` (TCP, scram-sha-256, so wro
 The sample schema is loaded once into a template database; each test gets its own copy made with
 ``CREATE DATABASE ... TEMPLATE``, which is much faster than loading again, and dropped afterwards.
 ``hba_rejects`` makes the server's pg_hba.conf refuse one database for the length of a test.
+``empty_pg_server`` is a second server with nothing on it: the "fresh server" a disaster recovery starts from.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ _names = itertools.count(1)
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL server started once per test session."""
+    with EmbeddedPostgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def empty_pg_server() -> Iterator[EmbeddedPostgres]:
+    """A second, empty PostgreSQL server (no application roles or databases), as a fresh restore target."""
     with EmbeddedPostgres() as server:
         yield server
 
