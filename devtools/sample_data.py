@@ -528,3 +528,44 @@ def grow_to_size(conn: psycopg.Connection[Any], target_bytes: int) -> int:
     # An empty database already takes ~7.5 MB (catalogs); only the rest is sample data.
     load_sample_data(conn, scale_for_size(max(1, target_bytes - database_size())))
     return database_size()
+
+
+def add_application_roles(conn: psycopg.Connection[Any], *, owner: str = "invoicing_owner",
+                          reporting: str = "invoicing_reporting", web: str = "invoicing_web") -> None:
+    """Give the loaded sample database the roles, grants and settings a production database has.
+
+    What a plain pg_dump refers to but does not contain, so a restore on an empty server needs it:
+    ``owner`` (NOLOGIN) owns the database, its schemas and every table and view; ``web`` is the
+    application's login, a member of ``owner``; ``reporting`` is a read-only login with SELECT on
+    every table, default privileges on future ones, a setting of its own and one in this database.
+    The database gets settings (time zone, search_path), a comment, and CONNECT for these roles
+    only. Needs a superuser session on the sample database; roles that exist are reused.
+    """
+    with conn.transaction(), conn.cursor() as cur:
+        row = cur.execute("SELECT current_database()").fetchone()
+        database = sql.Identifier(str(row[0]) if row else "")
+        existing = {str(r[0]) for r in cur.execute("SELECT rolname FROM pg_roles").fetchall()}
+        o, r, w = sql.Identifier(owner), sql.Identifier(reporting), sql.Identifier(web)
+        for name, options in ((owner, "NOLOGIN"), (reporting, "LOGIN CONNECTION LIMIT 10"), (web, "LOGIN")):
+            if name not in existing:
+                cur.execute(sql.SQL("CREATE ROLE {} " + options).format(sql.Identifier(name)))
+        cur.execute(sql.SQL("GRANT {} TO {}").format(o, w))
+        cur.execute(sql.SQL("COMMENT ON ROLE {} IS 'Read-only access for the reporting service'").format(r))
+        cur.execute(sql.SQL("ALTER ROLE {} SET work_mem = '32MB'").format(r))
+        relations = cur.execute(
+            "SELECT n.nspname, c.relname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname IN ('public', 'audit')").fetchall()
+        for schema, name in relations:
+            cur.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(schema, name), o))
+        cur.execute(sql.SQL("ALTER SCHEMA audit OWNER TO {}").format(o))
+        cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public, audit TO {}").format(r))
+        cur.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public, audit TO {}").format(r))
+        cur.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public, audit GRANT SELECT ON TABLES "
+                            "TO {}").format(o, r))
+        cur.execute(sql.SQL("ALTER DATABASE {} SET timezone = 'Europe/Berlin'").format(database))
+        cur.execute(sql.SQL("ALTER DATABASE {} SET search_path = '$user', public, audit").format(database))
+        cur.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET statement_timeout = '5min'").format(r, database))
+        cur.execute(sql.SQL("COMMENT ON DATABASE {} IS 'Invoicing: tenants, invoices, payments'").format(database))
+        cur.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(database))
+        cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}, {}").format(database, w, r))
+        cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(database, o))

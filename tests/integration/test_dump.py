@@ -95,6 +95,11 @@ def staged_files(staging: Path) -> list[Path]:
     return sorted(p for p in staging.rglob("*") if not p.is_dir()) if staging.exists() else []
 
 
+def outputs(result: DumpResult) -> list[Path]:
+    """What a dump stages: the dump, its roles (roles.sql) and its database's settings (database.json)."""
+    return sorted([Path(result.staged_path), *(Path(m.staged_path) for m in result.extra_members)])
+
+
 @pytest.fixture
 def fake_bin(tmp_path: Path, pg_server: EmbeddedPostgres) -> Callable[[str], Path]:
     """Make a bin dir whose ``pg_dump`` runs the given shell body; ``$REAL`` is the real pg_dump."""
@@ -141,7 +146,16 @@ def test_plain_gzip_dump_records_exact_counts_and_restores(pg_server, app_db, pg
     assert (result.size, result.sha256) == (len(data), hashlib.sha256(data).hexdigest())
     assert (result.conn_id, result.database, result.format, result.compression) == (CONN_ID, app_db, "plain", "gzip:6")
     assert result.snapshot_id and result.server_version.startswith("18") and result.pg_dump_version.startswith("18")
-    assert staged_files(staging) == [path]  # the pgpass file is gone
+    assert staged_files(staging) == outputs(result)  # the pgpass file is gone
+    assert [(m.kind, m.member_name) for m in result.extra_members] == [
+        ("roles", f"db-dumps/postgresql-{app_db}.roles.sql"),
+        ("database", f"db-dumps/postgresql-{app_db}.database.json"),
+    ]
+    for member in result.extra_members:
+        extra = Path(member.staged_path).read_bytes()
+        assert (member.size, member.sha256) == (len(extra), hashlib.sha256(extra).hexdigest())
+        assert stat.S_IMODE(Path(member.staged_path).stat().st_mode) == 0o600
+    assert json.loads(Path(result.extra_members[1].staged_path).read_bytes())["name"] == app_db
 
     counts = recorded(result)
     assert set(counts) == SAMPLE_TABLES  # partitions, not their partitioned parent
@@ -155,6 +169,22 @@ def test_plain_gzip_dump_records_exact_counts_and_restores(pg_server, app_db, pg
         assert live_stats(pg_server, restored, sorted(counts)) == counts
     finally:
         pg_server.drop_database(restored)
+
+
+def test_the_roles_and_settings_left_by_a_killed_attempt_are_replaced(pg_server, app_db, pg_target, staging, source):
+    out = staging / "db-dumps"
+    out.mkdir(parents=True)
+    for name in (f"postgresql-{app_db}.roles.sql", f"postgresql-{app_db}.database.json"):
+        (out / name).write_text("left by a killed attempt")
+
+    result = dump_database(pg_target, source, staging, pg_bin_dir=pg_server.bin_dir)
+
+    assert staged_files(staging) == outputs(result) and len(result.extra_members) == 2
+    for member in result.extra_members:
+        data = Path(member.staged_path).read_bytes()
+        assert b"left by" not in data and hashlib.sha256(data).hexdigest() == member.sha256
+    # The result travels to build_archive as JSON, the staged members with it.
+    assert DumpResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
 
 
 def test_custom_format_restores_with_pg_restore(pg_server, app_db, pg_target, staging):
@@ -289,7 +319,7 @@ def test_password_only_reaches_pg_dump_through_an_in_memory_0600_pgpass_file(
     # a 0600 regular file that lives in memory only, with no name in any directory.
     assert re.fullmatch(r"/proc/self/fd/\d+", env["PGPASSFILE"])
     assert (bin_dir / "passfile").read_text().splitlines() == ["600 regular file", "/memfd:backup-ops-pgpass (deleted)"]
-    assert staged_files(staging) == [Path(result.staged_path)]
+    assert staged_files(staging) == outputs(result)
     assert f"--snapshot={result.snapshot_id}" in argv.splitlines()
     assert "password" not in repr(target)
     assert set(recorded(result)) == SAMPLE_TABLES

@@ -40,7 +40,7 @@ from backup_ops.core.errors import (
 from backup_ops.core.extract import safe_extract
 from backup_ops.core.files import SelectedEntry, select_files
 from backup_ops.core.manifest import MANIFEST_NAME, MemberInfo, build_manifest, manifest_bytes
-from backup_ops.core.models import DumpResult, SkippedFile, TableStat
+from backup_ops.core.models import DumpResult, SkippedFile, StagedMember, TableStat
 from tests.unit.test_files import run_unprivileged, world_reachable_tmp
 
 PASSWORD = b"Zm9vYmFyYmF6cXV4IGEgaGlnaC1lbnRyb3B5IHBhc3N3b3Jk"
@@ -520,6 +520,55 @@ def test_changed_staged_dump_fails(source: Path, staging: Path) -> None:
     Path(dump.staged_path).write_bytes(b"\x1f\x8b truncated")
     target = staging / "partial.zip"
     with pytest.raises(ArchiveError, match="changed after it was dumped"):
+        build(target, dumps=[dump], files=entries_of(source))
+    assert not target.exists()
+
+
+def with_globals(dump: DumpResult, staging: Path) -> DumpResult:
+    """``dump`` with the roles and database settings the dump step stages beside it."""
+    stem = Path(dump.staged_path).name.removesuffix(".sql.gz")
+    extras = []
+    for kind, suffix, data in (("roles", "roles.sql", b'CREATE ROLE "app_owner";\n' * 50),
+                               ("database", "database.json", b'{"format_version": 1, "settings": []}\n')):
+        path = staging / f"{stem}.{suffix}"
+        path.write_bytes(data)
+        extras.append(StagedMember(kind, f"db-dumps/{stem}.{suffix}", str(path), len(data),
+                                   hashlib.sha256(data).hexdigest()))
+    return DumpResult(**{**dump.__dict__, "extra_members": tuple(extras)})
+
+
+def test_the_roles_and_settings_follow_their_dump_deflated_encrypted_and_listed(
+    source: Path, staging: Path, tmp_path: Path
+) -> None:
+    dump = with_globals(make_dump(staging), staging)
+    target = staging / "globals.zip"
+    result = build(target, dumps=[dump], files=entries_of(source))
+
+    roles, settings = dump.extra_members
+    archive_infos = infos(target)
+    assert [m.name for m in result.members][:3] == [dump.member_name, roles.member_name, settings.member_name]
+    for member in (roles, settings):
+        info = archive_infos[member.member_name]
+        assert (info.compress_type, info.wz_aes_strength) == (pyzipper.ZIP_DEFLATED, 3)
+    assert archive_infos[roles.member_name].compress_size < roles.size / 4  # 50 repeated lines deflate well
+    verified = verify_archive(target, password=PASSWORD, expected_sha256=result.sha256)
+    (db,) = verified.manifest.databases
+    assert (db.roles_member, db.database_member) == (roles.member_name, settings.member_name)
+    listed = verified.manifest.members_by_name()
+    assert (listed[roles.member_name].size, listed[roles.member_name].sha256) == (roles.size, roles.sha256)
+    assert verified.manifest.file_count == result.file_count == 5  # they are the database's, not files
+    out = tmp_path / "restore"
+    safe_extract(target, out, password=PASSWORD)
+    for member in (roles, settings):
+        assert (out / member.member_name).read_bytes() == Path(member.staged_path).read_bytes()
+
+
+def test_roles_changed_after_the_dump_fail_the_archive(source: Path, staging: Path) -> None:
+    dump = with_globals(make_dump(staging), staging)
+    Path(dump.extra_members[0].staged_path).write_bytes(b'CREATE ROLE "someone_else";\n')
+    target = staging / "partial.zip"
+    with pytest.raises(ArchiveError, match=r"The staged roles file .*postgresql-app\.roles\.sql of database app "
+                                           r"changed after it was dumped"):
         build(target, dumps=[dump], files=entries_of(source))
     assert not target.exists()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -23,7 +24,7 @@ from backup_ops.core.manifest import (
     with_skipped,
 )
 from backup_ops.core.manifest_parse import parse_manifest
-from backup_ops.core.models import DumpResult, SkippedFile, TableStat
+from backup_ops.core.models import DumpResult, SkippedFile, StagedMember, TableStat
 
 CREATED = datetime(2026, 3, 1, 2, 0, 5, tzinfo=UTC)
 
@@ -83,6 +84,7 @@ class TestBuild:
                 {"schema": "public", "name": "users", "row_count": 10, "columns": ["id", "email"]},
                 {"schema": "public", "name": "orders", "row_count": 32, "columns": ["id", "total"]},
             ],
+            "roles_member": None, "database_member": None, "globals_notes": [],
         }]
 
     def test_created_at_is_converted_to_utc(self) -> None:
@@ -134,6 +136,80 @@ class TestBuild:
         (db,) = parsed.databases
         assert db.member == DUMP.member_name and db.total_rows == 42 and db.tables == DUMP.tables
         assert parsed.members_by_name()["var/www/app/.env"].size == 9
+
+
+ROLES = StagedMember("roles", "db-dumps/postgresql-app.roles.sql", "/staging/postgresql-app.roles.sql", 300,
+                     sha(b"roles"))
+SETTINGS = StagedMember("database", "db-dumps/postgresql-app.database.json", "/staging/postgresql-app.database.json",
+                        200, sha(b"settings"))
+NOTE = "Login 'backup' could not read the role memberships (pg_auth_members): permission denied; …"
+DUMP_WITH_GLOBALS = replace(DUMP, extra_members=(ROLES, SETTINGS), globals_notes=(NOTE,))
+MEMBERS_WITH_GLOBALS = [MEMBERS[0], MemberInfo(ROLES.member_name, 300, sha(b"roles"), True),
+                        MemberInfo(SETTINGS.member_name, 200, sha(b"settings"), True), *MEMBERS[1:]]
+
+
+class TestRolesAndSettings:
+    """The roles and database settings staged beside a dump: members of their database, not application files."""
+
+    def build(self) -> dict[str, Any]:
+        return build(dumps=[DUMP_WITH_GLOBALS], members=MEMBERS_WITH_GLOBALS)
+
+    def test_listed_per_database_and_as_members_but_not_counted_as_files(self) -> None:
+        m = self.build()
+        (db,) = m["databases"]
+        assert (db["roles_member"], db["database_member"], db["globals_notes"]) == (
+            ROLES.member_name, SETTINGS.member_name, [NOTE])
+        assert [x["name"] for x in m["members"][:3]] == [DUMP.member_name, ROLES.member_name, SETTINGS.member_name]
+        assert m["members"][1] == {"name": ROLES.member_name, "size": 300, "sha256": sha(b"roles")}
+        assert m["files"] == build()["files"] == {"count": 2, "bytes": 109, "directories": 1}
+
+    def test_round_trip(self) -> None:
+        parsed = parse_manifest(manifest_bytes(self.build()))
+        (db,) = parsed.databases
+        assert (db.roles_member, db.database_member, db.globals_notes) == (
+            ROLES.member_name, SETTINGS.member_name, (NOTE,))
+        assert db.member_names == (DUMP.member_name, ROLES.member_name, SETTINGS.member_name)
+        assert parsed.database_member_names() == {DUMP.member_name, ROLES.member_name, SETTINGS.member_name}
+        assert (parsed.file_count, parsed.file_bytes) == (2, 109)
+
+    def test_a_manifest_written_before_they_existed_still_parses(self) -> None:
+        old = build()
+        for key in ("roles_member", "database_member", "globals_notes"):
+            del old["databases"][0][key]
+        (db,) = parse_manifest(manifest_bytes(old)).databases
+        assert (db.roles_member, db.database_member, db.globals_notes) == (None, None, ())
+        assert db.member_names == (DUMP.member_name,)
+
+    def test_a_staged_member_missing_from_the_archive_is_refused(self) -> None:
+        without_roles = [m for m in MEMBERS_WITH_GLOBALS if m.name != ROLES.member_name]
+        with pytest.raises(ValueError, match="'db-dumps/postgresql-app.roles.sql' is not among the archive members"):
+            build(dumps=[DUMP_WITH_GLOBALS], members=without_roles)
+
+    def test_a_dump_result_written_before_they_existed_reads_back(self) -> None:
+        data = DUMP.to_dict()
+        del data["extra_members"], data["globals_notes"]
+        assert DumpResult.from_dict(data) == DUMP
+        assert DumpResult.from_dict(DUMP_WITH_GLOBALS.to_dict()) == DUMP_WITH_GLOBALS
+        assert (DUMP_WITH_GLOBALS.roles_member, DUMP_WITH_GLOBALS.database_member) == (
+            ROLES.member_name, SETTINGS.member_name)
+
+    @pytest.mark.parametrize(("key", "value", "message"), [
+        ("roles_member", "db-dumps/other.roles.sql", "databases[0].roles_member 'db-dumps/other.roles.sql' is not "
+                                                     "a listed file"),
+        ("database_member", "var/www/app/", "databases[0].database_member 'var/www/app/' is not a listed file"),
+        ("roles_member", DUMP.member_name, "share one member"),
+        ("database_member", ROLES.member_name, "share one member"),
+        ("roles_member", 7, "databases[0].roles_member must be a string"),
+        ("globals_notes", "one note", "databases[0].globals_notes must be a list"),
+        ("globals_notes", ["x" * 5000], "databases[0].globals_notes[0] must be a string of at most 4096"),
+        ("globals_notes", ["n"] * 101, "globals_notes has 101 entries, more than 100"),
+    ])
+    def test_hostile_values_are_refused(self, key: str, value: Any, message: str) -> None:
+        data = self.build()
+        data["databases"][0][key] = value
+        with pytest.raises(ArchiveError) as info:
+            parse_manifest(json.dumps(data).encode())
+        assert message in str(info.value)
 
 
 class TestSkipped:

@@ -196,6 +196,10 @@ def dump_database(job: DumpJob, conn_id: str, staging_dir: str) -> dict[str, Any
         "rows": result.total_rows,
         "seconds": round(result.duration_s, 3),
         "result_file": str(result_file),
+        # What an empty server needs beside the dump, and what of it the login could not read.
+        "roles_member": result.roles_member,
+        "database_member": result.database_member,
+        "globals_notes": list(result.globals_notes),
     }
 
 

@@ -1,9 +1,10 @@
 """Building the backup archive: dumps, files and manifest streamed into one zip, hashed as it is written.
 
-Format (laravel-backup compatible): a zip with the database dumps, then the selected files and
-directories, then ``manifest.json``. With a password every file member is WinZip AES encrypted
-(128/192/256 bit, AE-2) and opens with 7-Zip; directory entries carry no data and stay plain.
-Dumps and already-compressed files are stored, everything else deflated.
+Format (laravel-backup compatible): a zip with the database dumps, each followed by the roles and
+database settings staged beside it (``postgresql-<db>.roles.sql``, ``….database.json``), then the
+selected files and directories, then ``manifest.json``. With a password every file member is
+WinZip AES encrypted (128/192/256 bit, AE-2) and opens with 7-Zip; directory entries carry no data
+and stay plain. Dumps and already-compressed files are stored, everything else deflated.
 
 Everything streams in 1 MiB chunks; memory grows only with the number of members, which the
 zip central directory (and the manifest) must hold anyway. pyzipper is imported inside the
@@ -123,13 +124,14 @@ def build_archive(
 ) -> ArchiveResult:
     """Write the backup zip to ``target`` (a new file, mode 0600) and return its size and sha256.
 
-    Members: the dumps, then ``files`` (consumed lazily, so selection streams into the zip),
-    then ``manifest.json`` from ``make_manifest(members)``, its ``skipped`` list set to the
-    files skipped at listing time (the SkippedFile items of ``files``) or here: vanished,
-    replaced, unreadable, or changed while read (archived as read). Each member's size and
-    sha256 are of the bytes actually written, so a file that changes while being read cannot
-    make the manifest lie. A skip whose reason is in ``fail_on`` raises FileSelectionError at
-    once, as does a staged dump that no longer matches its DumpResult size/sha256 (ArchiveError).
+    Members: the dumps (each followed by its staged roles and settings), then ``files``
+    (consumed lazily, so selection streams into the zip), then ``manifest.json`` from
+    ``make_manifest(members)``, its ``skipped`` list set to the files skipped at listing time
+    (the SkippedFile items of ``files``) or here: vanished, replaced, unreadable, or changed
+    while read (archived as read). Each member's size and sha256 are of the bytes actually
+    written, so a file that changes while being read cannot make the manifest lie. A skip whose
+    reason is in ``fail_on`` raises FileSelectionError at once, as does a staged dump (or its
+    roles or settings) that no longer matches its DumpResult size/sha256 (ArchiveError).
     On any failure the partial file is removed and the error is raised; a full disk at any point
     is the ArchiveError naming the staging directory.
     """
@@ -233,19 +235,28 @@ class _ArchiveWriter:
         self.file_bytes = 0
 
     def add_dump(self, dump: DumpResult) -> None:
-        what = f"staged dump {dump.staged_path} of database {dump.database}"
+        # Dumps are compressed by the dump step (gzip/zstd/lz4 or pg_dump's own); never deflate twice.
+        self.add_staged(dump.member_name, dump.staged_path, dump.size, dump.sha256,
+                        f"staged dump {dump.staged_path} of database {dump.database}", deflate=False)
+        for extra in dump.extra_members:
+            # The roles and settings staged beside it: a few KB of SQL and JSON, which deflate well.
+            self.add_staged(extra.member_name, extra.staged_path, extra.size, extra.sha256,
+                            f"staged {extra.kind} file {extra.staged_path} of database {dump.database}",
+                            deflate=self.level > 0)
+
+    def add_staged(self, name: str, path: str, size: int, sha256: str, what: str, *, deflate: bool) -> None:
+        """Archive a file the dump step staged; refuse it when its bytes are not the ones the dump step recorded."""
         try:
-            src, st = _open_regular(Path(dump.staged_path))
+            src, st = _open_regular(Path(path))
         except OSError as exc:
             raise ArchiveError(f"Cannot read {what}: {exc.strerror or exc}.") from exc
         if src is None:
             raise ArchiveError(f"Cannot archive {what}: it is not a regular file.")
         with src:
-            # Dumps are compressed by the dump step (gzip/zstd/lz4 or pg_dump's own); never deflate twice.
-            member = self.write_file(dump.member_name, src, st, what, deflate=False)
-        if member.size != dump.size or (dump.sha256 and member.sha256 != dump.sha256):
+            member = self.write_file(name, src, st, what, deflate=deflate)
+        if member.size != size or (sha256 and member.sha256 != sha256):
             raise ArchiveError(
-                f"The {what} changed after it was dumped: expected {dump.size} bytes with sha256 {dump.sha256}, "
+                f"The {what} changed after it was dumped: expected {size} bytes with sha256 {sha256}, "
                 f"read {member.size} bytes with sha256 {member.sha256}; run the backup again."
             )
 

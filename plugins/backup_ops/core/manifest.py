@@ -20,7 +20,9 @@ from backup_ops.core.models import DumpResult, SkippedFile, TableStat
 
 MANIFEST_NAME = "manifest.json"
 # "skipped" was added without a new version: it is optional when read, and older readers ignore keys
-# they do not know, so they can still verify newer archives.
+# they do not know, so they can still verify newer archives. So were the per-database "roles_member",
+# "database_member" and "globals_notes" (optional when read); a reader older than them counts those
+# two members as application files, so it disagrees with "files" and refuses the manifest.
 FORMAT_VERSION = 1
 ENCRYPTION_METHODS = ("aes256", "aes192", "aes128", "none")
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -101,7 +103,14 @@ class ManifestMember:
 
 @dataclass(frozen=True)
 class ManifestDatabase:
-    """One database dump as the manifest records it."""
+    """One database dump as the manifest records it.
+
+    ``roles_member`` (``db-dumps/postgresql-<db>.roles.sql``) and ``database_member``
+    (``….database.json``) hold what an empty server needs before the dump loads: the roles it refers
+    to, and the database's owner, settings, privileges and comment. Both are None in archives written
+    before they existed, or when nothing could be captured; ``globals_notes`` says what could not be
+    captured and why.
+    """
 
     member: str
     conn_id: str
@@ -113,6 +122,14 @@ class ManifestDatabase:
     pg_dump_version: str
     total_rows: int
     tables: tuple[TableStat, ...]
+    roles_member: str | None = None
+    database_member: str | None = None
+    globals_notes: tuple[str, ...] = ()
+
+    @property
+    def member_names(self) -> tuple[str, ...]:
+        """Every archive member of this database: the dump, then the roles and database settings if present."""
+        return tuple(n for n in (self.member, self.roles_member, self.database_member) if n is not None)
 
 
 @dataclass(frozen=True)
@@ -136,6 +153,10 @@ class Manifest:
     def members_by_name(self) -> dict[str, ManifestMember]:
         """Members keyed by name (built on demand: a manifest may list millions)."""
         return {m.name: m for m in self.members}
+
+    def database_member_names(self) -> frozenset[str]:
+        """The members of the databases (dumps, roles, settings): every other file member is an application file."""
+        return frozenset(name for db in self.databases for name in db.member_names)
 
 
 # ---------------------------------------------------------------------------- building
@@ -171,10 +192,11 @@ def build_manifest(
         if member.name == MANIFEST_NAME or member.name in names:
             raise ValueError(f"Archive member {member.name!r} is listed twice or clashes with {MANIFEST_NAME}.")
         names.add(member.name)
-    dump_names = {d.member_name for d in dumps}
+    dump_names = {d.member_name for d in dumps} | {x.member_name for d in dumps for x in d.extra_members}
     missing = sorted(dump_names - names)
     if missing:
         raise ValueError(f"Dump member {missing[0]!r} is not among the archive members.")
+    # The roles and settings staged beside a dump belong to its database, not to the application's files.
     files = [m for m in members if not m.is_dir and m.name not in dump_names]
     return {
         "format_version": FORMAT_VERSION,
@@ -215,6 +237,9 @@ def _database_entry(dump: DumpResult) -> dict[str, Any]:
             {"schema": t.schema, "name": t.name, "row_count": t.row_count, "columns": list(t.columns)}
             for t in dump.tables
         ],
+        "roles_member": dump.roles_member,
+        "database_member": dump.database_member,
+        "globals_notes": list(dump.globals_notes),
     }
 
 

@@ -36,6 +36,7 @@ MAX_TEXT = 4096
 MAX_MAPPING_ITEMS = 1000
 MAX_SKIPPED_NAME = 4 * MAX_MEMBER_NAME_BYTES  # printable names show an undecodable byte as four characters
 MAX_REASON = 64
+MAX_NOTES = 100
 MAX_SIZE = 2**63 - 1
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -240,10 +241,29 @@ class _Reader:
                 pg_dump_version=self.text(item["pg_dump_version"], f"{where}.pg_dump_version"),
                 total_rows=total,
                 tables=tables,
+                # The next three are absent in manifests written before they existed.
+                roles_member=self.extra_member(item.get("roles_member"), f"{where}.roles_member", members),
+                database_member=self.extra_member(item.get("database_member"), f"{where}.database_member", members),
+                globals_notes=tuple(
+                    self.text(n, f"{where}.globals_notes[{j}]")
+                    for j, n in enumerate(self.items(item.get("globals_notes", []), f"{where}.globals_notes",
+                                                     MAX_NOTES))
+                ),
             ))
-        if len({d.member for d in result}) != len(result):
-            raise ArchiveError(f"{MANIFEST_NAME} is malformed: two databases share one dump member.")
+        names = [name for d in result for name in d.member_names]
+        if len(set(names)) != len(names):
+            raise ArchiveError(f"{MANIFEST_NAME} is malformed: two databases, or a dump and its roles or settings, "
+                               "share one member.")
         return tuple(result)
+
+    def extra_member(self, value: Any, where: str, members: Mapping[str, ManifestMember]) -> str | None:
+        """A member staged beside a dump (its roles or settings): None, or a file the manifest lists."""
+        if value is None:
+            return None
+        name = self.text(value, where)
+        if name not in members or members[name].is_dir:
+            raise ArchiveError(f"{MANIFEST_NAME} is malformed: {where} {_show(name)} is not a listed file.")
+        return name
 
     def tables(self, value: Any, parent: str) -> tuple[TableStat, ...]:
         result = []
@@ -269,7 +289,7 @@ class _Reader:
         count = self.count(item["count"], "files.count")
         total = self.count(item["bytes"], "files.bytes")
         directories = self.count(item["directories"], "files.directories")
-        dumps = {d.member for d in databases}
+        dumps = {name for d in databases for name in d.member_names}
         files = [m for m in members if not m.is_dir and m.name not in dumps]
         actual = (len(files), sum(m.size for m in files), sum(1 for m in members if m.is_dir))
         if (count, total, directories) != actual:

@@ -81,6 +81,22 @@ class TableStat:
 
 
 @dataclass(frozen=True)
+class StagedMember:
+    """A small file staged beside a dump that goes into the archive with it.
+
+    ``kind`` says what it holds: ``roles`` (``postgresql-<db>.roles.sql``, the roles the dump refers
+    to) or ``database`` (``postgresql-<db>.database.json``, the database's own settings), which a
+    plain dump omits and an empty server lacks.
+    """
+
+    kind: str
+    member_name: str
+    staged_path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
 class DumpResult:
     """What one database dump produced, as recorded in the manifest."""
 
@@ -97,14 +113,33 @@ class DumpResult:
     server_version: str
     pg_dump_version: str
     tables: tuple[TableStat, ...] = field(default_factory=tuple)
+    extra_members: tuple[StagedMember, ...] = ()
+    """The roles and database settings staged beside the dump (empty when none could be captured)."""
+    globals_notes: tuple[str, ...] = ()
+    """What could not be captured of the roles and database settings, and why (one sentence each)."""
 
     @property
     def total_rows(self) -> int:
         return sum(t.row_count for t in self.tables)
 
+    @property
+    def roles_member(self) -> str | None:
+        """The archive member holding the roles the dump refers to, if one was staged."""
+        return self._extra("roles")
+
+    @property
+    def database_member(self) -> str | None:
+        """The archive member holding the database's own settings, if one was staged."""
+        return self._extra("database")
+
+    def _extra(self, kind: str) -> str | None:
+        return next((m.member_name for m in self.extra_members if m.kind == kind), None)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["tables"] = [{**asdict(t), "columns": list(t.columns)} for t in self.tables]
+        data["extra_members"] = [asdict(m) for m in self.extra_members]
+        data["globals_notes"] = list(self.globals_notes)
         return data
 
     @classmethod
@@ -112,7 +147,10 @@ class DumpResult:
         tables = tuple(
             TableStat(t["schema"], t["name"], int(t["row_count"]), tuple(t["columns"])) for t in data.get("tables", ())
         )
-        return cls(**{**data, "tables": tables})
+        # Both are absent from results written before they existed.
+        extras = tuple(StagedMember(**m) for m in data.get("extra_members", ()))
+        notes = tuple(str(n) for n in data.get("globals_notes", ()))
+        return cls(**{**data, "tables": tables, "extra_members": extras, "globals_notes": notes})
 
 
 @dataclass(frozen=True)

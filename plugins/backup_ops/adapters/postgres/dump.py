@@ -21,6 +21,12 @@ name is ``core.dump_member``'s):
   (``--compress=zstd:N``), which needs pg_dump 16 or later built with that library.
 * custom: ``postgresql-<db>.dump`` with ``--format=custom --compress=<method>:<level>``.
 
+Beside the dump, what it needs on an empty server (see ``globals_capture``), read in the same
+snapshot before pg_dump starts: ``postgresql-<db>.roles.sql`` (the roles it refers to, for psql)
+and ``postgresql-<db>.database.json`` (those roles as data, and the database's owner, settings,
+privileges and comment). What the login may not read is named in ``DumpResult.globals_notes``
+and logged as a warning; it never fails the dump.
+
 Stopping. pg_dump runs in a process group of its own, which a killed task would leave running.
 ``DumpJob.cancel()`` (an operator's ``on_kill``) kills that group at once; ``run()`` then deletes
 the partial file and raises DumpError.
@@ -45,11 +51,13 @@ import tempfile
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
 from backup_ops.adapters.postgres.client_env import ClientLogin
+from backup_ops.adapters.postgres.globals import DatabaseGlobals
+from backup_ops.adapters.postgres.globals_capture import capture_globals, stage_globals, staged_paths
 from backup_ops.adapters.postgres.readback import TAIL_BYTES, CheckKind, verify_readback
 from backup_ops.adapters.postgres.selection import TableSelection
 from backup_ops.adapters.postgres.snapshot import SnapshotSession, Table
@@ -59,7 +67,7 @@ from backup_ops.core.config import DatabaseSource
 from backup_ops.core.dump_member import DUMP_DIR, dump_file_name
 from backup_ops.core.errors import DumpError
 from backup_ops.core.fileio import CHUNK_SIZE
-from backup_ops.core.models import DumpResult, TableStat
+from backup_ops.core.models import DumpResult, StagedMember, TableStat
 from backup_ops.core.pg_dump_args import extra_args_problem
 
 __all__ = ["DUMP_DIR", "DumpJob", "check_target", "dump_database"]
@@ -153,7 +161,11 @@ class DumpJob:
             raise DumpError(f"Cannot create the staging directory {out_dir} for {who}: {exc.strerror}; "
                             "check backup.staging_directory and its permissions.") from exc
         out_path = out_dir / plan.file_name
-        out_path.unlink(missing_ok=True)  # a leftover from a killed attempt
+        # The dump member's stem (core.dump_member's naming), which the roles and settings files share.
+        stem = dump_file_name(target.dbname, replace(source, format="custom")).removesuffix(".dump")
+        staged = [out_path, *staged_paths(out_dir, stem)]
+        for path in staged:
+            path.unlink(missing_ok=True)  # a leftover from a killed attempt
         began = time.monotonic()
         try:
             self._stop_if_cancelled(who)
@@ -161,15 +173,18 @@ class DumpJob:
                 check_versions(session.server_version_num, session.server_version, pg_dump_major, pg_dump_version,
                                who)
                 tables = [t for t in session.list_tables() if selection.dumps_data(t)]
+                captured, notes = capture_globals(session.connection, login=target.user, log=log)
                 argv = [str(pg_dump), f"--snapshot={session.snapshot_id}", "--no-password", *plan.pg_dump_args,
                         *selection.pg_dump_args(), *source.extra_args]
                 with ClientLogin(target, f"{APP_NAME} pg_dump", who) as login:
                     written, stats = self._run_pg_dump(settings, argv, login, out_path, session, tables)
             dumped = time.monotonic()
             verify_readback(out_path, plan.check, stats, pg_restore, written.tail, who=who, log=log)
+            extras = self._stage_globals(captured, out_dir, stem, f"{DUMP_DIR}/{plan.file_name}", who)
             self._stop_if_cancelled(who)
         except BaseException:
-            out_path.unlink(missing_ok=True)
+            for path in staged:
+                path.unlink(missing_ok=True)
             raise
         finished = time.monotonic()
         duration, dump_s = finished - began, dumped - began
@@ -188,13 +203,31 @@ class DumpJob:
             server_version=session.server_version,
             pg_dump_version=pg_dump_version,
             tables=tuple(stats),
+            extra_members=extras,
+            globals_notes=notes,
         )
+        if notes:
+            log.warning("Roles and settings of %s were captured in part; a restore on an empty server needs the rest "
+                        "by hand: %s", who, " ".join(notes))
         log.info(
             "Dumped %s: %d tables, %d rows, %d bytes (%s) in %.1f s (%.1f MB/s of output; read-back check %.1f s) "
-            "as %s", who, len(stats), result.total_rows, written.size, result.compression, dump_s,
+            "as %s%s", who, len(stats), result.total_rows, written.size, result.compression, dump_s,
             written.size / 1e6 / max(dump_s, 1e-6), finished - dumped, result.member_name,
+            f", beside it the {len(captured.roles)} role{'' if len(captured.roles) == 1 else 's'} it refers to and the "
+            "database's settings, for an empty server" if captured is not None else "",
         )
         return result
+
+    @staticmethod
+    def _stage_globals(captured: DatabaseGlobals | None, out_dir: Path, stem: str, dump_member: str,
+                       who: str) -> tuple[StagedMember, ...]:
+        if captured is None:
+            return ()
+        try:
+            return stage_globals(captured, out_dir, stem, dump_file=dump_member)
+        except OSError as exc:
+            raise DumpError(f"Writing the roles and settings of {who} to {out_dir} failed: {exc.strerror}; free "
+                            "space in or move backup.staging_directory.") from exc
 
     def _stop_if_cancelled(self, who: str) -> None:
         if self._cancelled:

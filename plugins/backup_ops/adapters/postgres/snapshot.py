@@ -111,6 +111,15 @@ class SnapshotSession:
                 _log.debug("closing the snapshot connection failed", exc_info=True)
             self._conn = None
 
+    @property
+    def connection(self) -> psycopg.Connection[Any]:
+        """The snapshot transaction's session, for catalog reads that must see what pg_dump sees.
+
+        Use it before ``start_counting`` only (a session runs one query at a time), and only inside
+        savepoints (``conn.transaction()``), so that a failed read cannot abort the snapshot.
+        """
+        return self._require_conn()
+
     def list_tables(self) -> list[Table]:
         """Ordinary and partitioned tables outside system schemas, with columns and ancestors."""
         import psycopg
