@@ -96,7 +96,7 @@ def test_every_dag_has_tags_owner_and_retries(dagbag_and_accesses):
 
 def test_backup_dags_run_one_at_a_time(dagbag_and_accesses):
     bag, _ = dagbag_and_accesses
-    for dag_id in ("backup_daily", "backup_cleanup", "backup_monitor"):
+    for dag_id in ("backup_daily", "backup_cleanup", "backup_monitor", "restore_drill"):
         if dag_id in bag.dags:
             dag = bag.dags[dag_id]
             assert dag.max_active_runs == 1, dag_id
@@ -120,6 +120,23 @@ def test_backup_daily_shape(dagbag_and_accesses):
     assert set(dag.params.keys()) == {"only_db", "only_files", "db_names", "only_to_destination",
                                       "disable_notifications"}
     assert dag.task_dict["remove_staging"].is_teardown
+
+
+def test_restore_drill_shape(dagbag_and_accesses):
+    bag, _ = dagbag_and_accesses
+    dag = bag.dags["restore_drill"]
+    assert type(dag.timetable).__name__ == "NullTimetable", "triggered by hand unless restore_drill.schedule is set"
+    assert set(dag.params.keys()) == {"destination", "backup", "target_conn_id", "restore_files", "keep_scratch",
+                                      "disable_notifications"}
+    assert dag.params["backup"] == "latest" and dag.params["restore_files"] is True
+    assert dag.params["keep_scratch"] is False and dag.params["destination"] == "local"
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "select", "fetch", "verify", "extract", "restore", "validate", "verify_files", "report", "teardown"]
+    report, teardown = dag.task_dict["report"], dag.task_dict["teardown"]
+    assert report.trigger_rule == teardown.trigger_rule == "all_done"
+    assert set(teardown.upstream_task_ids) == set(dag.task_ids) - {"teardown"}, "teardown waits for every task"
+    assert teardown.retries == 0 and teardown.on_failure_callback in (None, [])
+    assert dag.task_dict["validate"].retries >= 1  # from restore_drill.tries; permanent faults fail at once
 
 
 def test_bad_config_is_an_import_error(tmp_path, monkeypatch):

@@ -2,7 +2,8 @@
 
 ``list`` prints laravel-backup's ``backup:list`` table (``list_command``); ``verify ARCHIVE`` checks a
 downloaded archive against its manifest and receipt (``verify_command``); ``check`` proves the setup
-before the first night, one line per check (``check_command``).
+before the first night, one line per check (``check_command``); ``restore`` restores a backup for real
+through the restore drill's code (``restore_command``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from backup_ops.adapters.secrets import airflow_cli_lookups
 from backup_ops.cli.check_command import check_command
 from backup_ops.cli.list_command import destination_statuses, render_table
+from backup_ops.cli.restore_command import restore_command
 from backup_ops.cli.verify_command import verify_command
 from backup_ops.core.config import load_config
 from backup_ops.core.errors import BackupError
@@ -40,6 +42,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="also deliver one test message on every configured notification channel")
     check.add_argument("--with-backup", action="store_true",
                        help="also run a database-only backup to a temporary local destination, verify it, delete it")
+    restore = sub.add_parser("restore", help="restore a backup for real (same code as the restore drill): databases "
+                             "onto a server, files into a new folder, then validate")
+    restore.add_argument("--destination", required=True, help="the destination holding the backup")
+    restore.add_argument("--backup", default="latest", help="'latest' (default) or an archive name")
+    restore.add_argument("--target-conn", required=True, help="Airflow connection of the server to restore onto")
+    restore.add_argument("--database", action="append", required=True, metavar="NEWNAME",
+                         help="the new database's name; once per database of the backup, in manifest order")
+    restore.add_argument("--files-to", type=Path, help="restore the files into this new or empty directory")
+    restore.add_argument("--force", action="store_true",
+                         help="drop and create again a target database that is not empty")
+    restore.add_argument("--password-env", help="environment variable holding the archive password "
+                         "(default: the config's backup.password)")
     args = parser.parse_args(argv)
     # Provider hooks log routine INFO lines (credentials source, …) that would clutter the table;
     # Airflow configures its loggers from this variable when it is first imported (S3 listing).
@@ -54,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(render_table(destination_statuses(config, now), now))
         elif args.command == "verify":
             print(verify_command(args.archive, args.password_env))
+        elif args.command == "restore":
+            return restore_command(args.config, destination=args.destination, backup=args.backup,
+                                   target_conn=args.target_conn, databases=args.database, files_to=args.files_to,
+                                   force=args.force, password_env=args.password_env)
         elif args.command == "check":
             return check_command(args.config, send_test_notification=args.send_test_notification,
                                  with_backup=args.with_backup)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
 
 from backup_ops.core.archive_read import open_info, open_zip, read_chunks, unique_infos
 from backup_ops.core.errors import ArchiveError, UnsafeArchiveError
-from backup_ops.core.manifest import member_name_problem
+from backup_ops.core.manifest import MANIFEST_NAME, member_name_problem
 
 _THREATS = {
     stat.S_IFLNK: "a symbolic link (it could point outside the target directory)",
@@ -33,6 +33,7 @@ def safe_extract(
     password: bytes | None,
     members: Iterable[str] | None = None,
     max_total_bytes: int | None = None,
+    listed: Container[str] | None = None,
 ) -> list[Path]:
     """Extract regular files and directories into an empty ``target_dir``, refusing anything unsafe.
 
@@ -41,8 +42,11 @@ def safe_extract(
     the requested ones) is checked and the whole archive is refused with UnsafeArchiveError
     naming the member and the threat for: absolute paths, drive letters, '..' components
     (also with backslashes as separators), empty or '.' components, names that are not UTF-8,
-    symbolic links, device nodes, FIFOs and sockets, duplicate names, and a name that is both a
-    file and a directory. Extraction only creates regular files (0600) and directories (0700)
+    symbolic links, device nodes, FIFOs, sockets and entries of unknown type, duplicate names, a
+    name that is both a file and a directory, and a hard link: a second name for another entry's
+    stored data (two entries at one offset, how a zip can alias one file under two names). With
+    ``listed`` (the manifest's member names), any other entry but ``manifest.json`` is refused too:
+    a member added after the backup was written. Extraction only creates regular files (0600) and directories (0700)
     with O_EXCL|O_NOFOLLOW below a directory that was empty, so nothing outside it can be
     reached or overwritten; stored permissions, owners and times are not applied. Member
     sizes are capped at their recorded size and in total at ``max_total_bytes`` (zip bombs).
@@ -54,6 +58,9 @@ def safe_extract(
     with open_zip(path, password) as zf:
         infos = unique_infos(zf, path, UnsafeArchiveError)
         _refuse_unsafe(infos, path)
+        _refuse_aliases(infos, path)
+        if listed is not None:
+            _refuse_unlisted(infos, listed, path)
         wanted = list(infos.values())
         if members is not None:
             names = list(dict.fromkeys(members))
@@ -102,6 +109,8 @@ def _refuse_unsafe(infos: dict[str, Any], path: Path) -> None:
             kind = stat.S_IFMT(info.external_attr >> 16)
             if kind in _THREATS:
                 problem = _THREATS[kind]
+            elif kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+                problem = f"an entry of unknown type (mode {kind:#o})"
             elif kind == stat.S_IFDIR and not name.endswith("/"):
                 problem = "a directory entry without a trailing '/'"
             elif name.endswith("/") and info.file_size:
@@ -123,6 +132,25 @@ def _refuse_unsafe(infos: dict[str, Any], path: Path) -> None:
             directories.add(bare)
         else:
             files.add(bare)
+
+
+def _refuse_aliases(infos: dict[str, Any], path: Path) -> None:
+    """Two entries whose data starts at one offset are one file under two names: a hard link, refused."""
+    owners: dict[int, str] = {}
+    for name, info in infos.items():
+        if name.endswith("/"):
+            continue
+        first = owners.setdefault(info.header_offset, name)
+        if first != name:
+            raise UnsafeArchiveError(f"Refusing to extract {path}: member {name!r} is a hard link (it shares its "
+                                     f"stored data with {first!r}).")
+
+
+def _refuse_unlisted(infos: dict[str, Any], listed: Container[str], path: Path) -> None:
+    extra = next((name for name in infos if name != MANIFEST_NAME and name not in listed), None)
+    if extra is not None:
+        raise UnsafeArchiveError(f"Refusing to extract {path}: member {extra!r} is not listed in its manifest "
+                                 "(it was added after the backup was written).")
 
 
 def _extract_file(zf: Any, info: Any, dest: str, path: Path, password: bytes | None) -> None:

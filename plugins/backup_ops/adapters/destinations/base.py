@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
+from backup_ops.core.drill_report import DRILL_REPORTS_FOLDER, REPORT_SUFFIX
 from backup_ops.core.errors import DestinationError
 from backup_ops.core.models import ArchiveIntegrity, BackupFile, Integrity, Receipt, date_from_archive_name
 
@@ -34,6 +35,20 @@ class ArchiveNameClash(DestinationError):
     """The archive name is held by another run's archive or receipt; publishing it again can never succeed."""
 
     retryable = False
+
+
+class DrillReportExists(DestinationError):
+    """A restore-drill report is already at the key (an earlier try of the same drill wrote it)."""
+
+    retryable = False
+
+
+def drill_report_problem(backup_name: str, key: str) -> str | None:
+    """Why ``key`` is not a place for a drill report (``<backup_name>/restore-drills/<name>.json``), or None."""
+    folder, _, name = key.rpartition("/")
+    if folder != f"{backup_name}/{DRILL_REPORTS_FOLDER}" or not name.endswith(REPORT_SUFFIX) or name.startswith("."):
+        return f"{key!r} is not a report name below {backup_name}/{DRILL_REPORTS_FOLDER}/"
+    return None
 
 
 def receipt_path(archive_path: str) -> str:
@@ -169,6 +184,13 @@ class BackupDestination(ABC):
         """At most ``limit + 1`` bytes of one report (more means too big), or None when it is gone.
 
         Only a regular file or object is read (a link or a FIFO planted there is not followed or opened).
+        """
+
+    @abstractmethod
+    def write_drill_report(self, key: str, data: bytes) -> str:
+        """Create the report at ``key`` (below ``<backup_name>/restore-drills/``) exclusively; returns its location.
+
+        A report already at ``key`` is never replaced: DrillReportExists, nothing written.
         """
 
     def used_storage(self, backups: list[BackupFile] | None = None) -> int:

@@ -19,10 +19,12 @@ from backup_ops.adapters.destinations.base import (
     PROBE_PREFIX,
     RECEIPT_SUFFIX,
     BackupDestination,
+    DrillReportExists,
     Leftover,
     PublishedBackup,
     backup_from_listing,
     clash,
+    drill_report_problem,
     receipt_bytes,
     receipt_from_bytes,
     receipt_path,
@@ -300,6 +302,21 @@ class LocalDestination(BackupDestination):
             if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
                 raise DestinationError(f"Destination {self.name}: {file} is not a regular file; it was not read.")
             return stream.read(limit + 1)
+
+    def write_drill_report(self, key: str, data: bytes) -> str:
+        problem = drill_report_problem(self.backup_name, key)
+        if problem:
+            raise DestinationError(f"Destination {self.name}: {problem}; refusing to write it.", retryable=False)
+        file = self._file(key)
+        try:
+            file.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            _create_exclusively(file, data)
+        except FileExistsError:
+            raise DrillReportExists(f"Destination {self.name}: a restore-drill report is already at {file}; "
+                                    "it was not replaced.") from None
+        except OSError as exc:
+            raise _os_error(self.name, file, exc) from exc
+        return self.location(key)
 
     def find_leftovers(self, older_than: datetime) -> list[Leftover]:
         """Receipts without their archive, and hidden ``.partial`` copies a killed publish left behind."""

@@ -23,9 +23,11 @@ from backup_ops.core.config.model import (
     LocalDestinationConfig,
     MonitorSettings,
     NotificationSettings,
+    RestoreDrillSettings,
     RetentionSettings,
     S3DestinationConfig,
     SecretRef,
+    TableRules,
 )
 
 __all__ = [
@@ -44,9 +46,11 @@ __all__ = [
     "LocalDestinationConfig",
     "MonitorSettings",
     "NotificationSettings",
+    "RestoreDrillSettings",
     "RetentionSettings",
     "S3DestinationConfig",
     "SecretRef",
+    "TableRules",
     "config_path",
     "load_config",
     "parse_config",

@@ -24,10 +24,12 @@ from backup_ops.core.config.model import (
     MailChannel,
     MonitorSettings,
     NotificationSettings,
+    RestoreDrillSettings,
     RetentionSettings,
     S3DestinationConfig,
     SecretRef,
     SlackChannel,
+    TableRules,
     WebhookChannel,
 )
 from backup_ops.core.config.node import ConfigNode
@@ -67,19 +69,20 @@ def load_config(path: str | os.PathLike[str] | None = None) -> BackupConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"Config file {file} is not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from exc
     config = parse_config(raw if raw is not None else {}, base_dir=file.parent)
-    return BackupConfig(config.backup, config.cleanup, config.monitor, config.notifications, source_path=file)
+    return replace(config, source_path=file)
 
 
 def parse_config(raw: Any, base_dir: Path | None = None) -> BackupConfig:
     """Validate a config mapping (as read from YAML) into a BackupConfig."""
     root = ConfigNode(raw, "", base_dir or Path.cwd())
     root.require_mapping()
-    root.only_keys({"backup", "cleanup", "monitor", "notifications"})
+    root.only_keys({"backup", "cleanup", "monitor", "notifications", "restore_drill"})
     return BackupConfig(
         backup=_parse_backup(root.child("backup", required=True)),
         cleanup=_parse_cleanup(root.child("cleanup")),
         monitor=_parse_monitor(root.child("monitor")),
         notifications=_parse_notifications(root.child("notifications")),
+        restore_drill=_parse_restore_drill(root.child("restore_drill")),
     )
 
 
@@ -414,6 +417,57 @@ def _parse_custom_check(item: ConfigNode) -> CustomCheckSpec:
             raise ConfigError(f"{options.path_str} must map keyword argument names to values (they are passed "
                               f"as {class_path.rsplit('.', 1)[1]}(**options)), got the key {key!r}.")
     return CustomCheckSpec(class_path, dict(options.value))
+
+
+def _parse_restore_drill(node: ConfigNode) -> RestoreDrillSettings:
+    """``restore_drill``: the drill's schedule (absent or null: by hand only), retries, target server, rules."""
+    defaults = RestoreDrillSettings()
+    if not node.present or node.value is None:
+        return defaults
+    node.require_mapping()
+    node.only_keys({"schedule", "tries", "retry_delay", "target_conn_id", "jobs", "expectations"})
+    schedule = node.child("schedule")
+    target = node.child("target_conn_id")
+    return RestoreDrillSettings(
+        schedule=schedule.cron(default="") if schedule.present and schedule.value is not None else None,
+        tries=node.child("tries").integer(default=defaults.tries, minimum=1),
+        retry_delay=node.child("retry_delay").integer(default=defaults.retry_delay, minimum=0),
+        target_conn_id=target.name() if target.present and target.value is not None else None,
+        jobs=node.child("jobs").integer(default=defaults.jobs, minimum=1, maximum=64),
+        expectations=_parse_expectations(node.child("expectations")),
+    )
+
+
+_TABLE_KEY = re.compile(r"[^.\s][^.]*(\.[^.]+)?")
+
+
+def _parse_expectations(node: ConfigNode) -> dict[str, TableRules]:
+    """``restore_drill.expectations``: ``schema.table`` (a bare name is in ``public``) → not_null, freshness."""
+    if not node.present or node.value is None:
+        return {}
+    node.require_mapping()
+    rules: dict[str, TableRules] = {}
+    for key in node.value:
+        if not isinstance(key, str) or not _TABLE_KEY.fullmatch(key.strip()):
+            raise ConfigError(f"{node.path_str} must map table names such as public.invoices (or invoices, in "
+                              f"schema public) to their rules, got the key {key!r}.")
+        table = node.child(key)
+        name = key.strip() if "." in key else f"public.{key.strip()}"
+        if name in rules:
+            raise ConfigError(f"{node.path_str}: table {name} is listed twice.")
+        table.require_mapping()
+        table.only_keys({"not_null", "freshness"})
+        freshness = table.child("freshness")
+        column, hours = None, None
+        if freshness.present and freshness.value is not None:
+            freshness.require_mapping()
+            freshness.only_keys({"column", "max_hours"})
+            column = freshness.child("column", required=True).string().strip() or freshness.child("column").fail(
+                "a column name")
+            hours = freshness.child("max_hours", required=True).number(default=0.0, minimum=0.01)
+        rules[name] = TableRules(not_null=table.child("not_null").string_list(), freshness_column=column,
+                                 freshness_max_hours=hours)
+    return rules
 
 
 def _parse_notifications(node: ConfigNode) -> NotificationSettings:

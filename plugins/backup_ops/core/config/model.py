@@ -168,6 +168,37 @@ class MonitorSettings:
     retry_delay: int = 60
 
 
+@dataclass(frozen=True)
+class TableRules:
+    """``restore_drill.expectations.<schema.table>``: what a restored table must hold beyond the manifest's counts.
+
+    ``not_null``: columns without a NULL. ``freshness_column`` with ``freshness_max_hours``: the newest
+    value of that column is at most that many hours older than the backup (a stale application
+    or a backup of the wrong database shows here).
+    """
+
+    not_null: tuple[str, ...] = ()
+    freshness_column: str | None = None
+    freshness_max_hours: float | None = None
+
+
+@dataclass(frozen=True)
+class RestoreDrillSettings:
+    """``restore_drill``: the ``restore_drill`` DAG and ``python -m backup_ops restore``.
+
+    ``schedule`` None: triggered by hand only. ``target_conn_id`` None: the scratch database goes
+    on the server of each database's own (source) connection. ``jobs``: ``pg_restore -j`` for
+    custom-format dumps. ``expectations`` maps ``schema.table`` to its extra rules.
+    """
+
+    schedule: str | None = None
+    tries: int = 2
+    retry_delay: int = 60
+    target_conn_id: str | None = None
+    jobs: int = 2
+    expectations: Mapping[str, TableRules] = field(default_factory=dict)
+
+
 CHANNELS = ("mail", "slack", "webhook")
 """The notification channels, each an Airflow provider's notifier (see backup_ops.adapters.notify)."""
 
@@ -231,6 +262,7 @@ class BackupConfig:
     monitor: MonitorSettings
     notifications: NotificationSettings
     source_path: Path | None = None
+    restore_drill: RestoreDrillSettings = field(default_factory=RestoreDrillSettings)
 
     def destination(self, name: str) -> DestinationConfig:
         """The destination called ``name``; the error lists the valid names."""

@@ -22,10 +22,12 @@ from backup_ops.adapters.destinations.base import (
     PROBE_PREFIX,
     RECEIPT_SUFFIX,
     BackupDestination,
+    DrillReportExists,
     Leftover,
     PublishedBackup,
     backup_from_listing,
     clash,
+    drill_report_problem,
     receipt_bytes,
     receipt_from_bytes,
     receipt_path,
@@ -267,6 +269,22 @@ class S3Destination(BackupDestination):
                 return b""
             self._bucket.raise_failure("reading", object_key, exc)
         return data
+
+    def write_drill_report(self, key: str, data: bytes) -> str:
+        problem = drill_report_problem(self.backup_name, key)
+        if problem:
+            raise DestinationError(f"Destination {self.name}: {problem}; refusing to write it.", retryable=False)
+        object_key = self._object_key(key)
+        request = {"Key": object_key, "Body": data, "ContentType": "application/json", "ChecksumAlgorithm": "SHA256",
+                   **self._bucket.args, **self._receipt_args}
+        try:
+            self._uploader.conditional_write(self._bucket.client.put_object, request, object_key)
+        except KeyTaken:
+            raise DrillReportExists(f"Destination {self.name}: a restore-drill report is already at "
+                                    f"{self._bucket.url(object_key)}; it was not replaced.") from None
+        except Exception as exc:
+            self._bucket.raise_failure("writing the restore-drill report", object_key, exc)
+        return self.location(key)
 
     # -- writing
 
