@@ -1,17 +1,22 @@
 """Validating a restored database with Great Expectations: every table exactly as the manifest recorded it.
 
-Per table of the manifest, one expectation suite: ``ExpectTableRowCountToEqual`` (the exact row count
-taken inside the dump's snapshot) and ``ExpectTableColumnsToMatchSet`` (the same columns, no more, no
-fewer), plus the configured rules (``restore_drill.expectations``): ``ExpectColumnValuesToNotBeNull``
-per listed column and ``ExpectColumnMaxToBeBetween`` for freshness, its lower bound typed like the
-column (``timestamptz``, ``timestamp`` or ``date``, which GX compares as Python values).
+Per table of the manifest: ``ExpectTableRowCountToEqual`` (the exact row count taken inside the
+dump's snapshot) and ``ExpectTableColumnsToMatchSet`` (the same columns, no more, no fewer), plus
+the configured rules (``restore_drill.expectations``): ``ExpectColumnValuesToNotBeNull`` per listed
+column and ``ExpectColumnMaxToBeBetween`` for freshness, its lower bound typed like the column
+(``timestamptz``, ``timestamp`` or ``date``, which GX compares as Python values).
 
 Great Expectations is imported here, inside the call (4–7 s, and about 200 INFO lines unless its
 logger is quieted first): never at DAG parse time, only in the task that validates. Its context is
-ephemeral (nothing written to disk), progress bars are off. Tables are read through query assets
-(``SELECT * FROM "schema"."table"``, identifiers quoted here) because GX's table assets lower-case
-unquoted names and do not quote mixed-case or spaced ones. The connection string carries the
-password only in memory; every message taken from GX is redacted.
+ephemeral (nothing written to disk), progress bars are off.
+
+Memory stays flat whatever the table's size: GX only aggregates a table in SQL (count, nulls, max),
+but it learns a query batch's columns by fetching the query's whole result into the worker. So a
+table with a plain lower-case name is a table asset (columns by reflection), and the column check
+runs on its own ``SELECT * … LIMIT 0`` batch. A mixed-case, spaced or otherwise quoted name must be
+a query asset (GX's table assets lower-case and do not quote such names); for those tables the
+worker holds the rows once while GX reads their columns. The connection string carries the password
+only in memory; every message taken from GX is redacted.
 """
 
 from __future__ import annotations
@@ -96,18 +101,23 @@ def validate_database(target: PgTarget, conn_id: str, expectations: Sequence[Tab
     for index, expected in enumerate(expectations):
         table = TableResult(label, expected.qualified_name, None, expected.row_count)
         suite = gx.ExpectationSuite(name=f"table_{index}")
+        shape = gx.ExpectationSuite(name=f"table_{index}_columns")
+        shape.add_expectation(gxe.ExpectTableColumnsToMatchSet(column_set=list(expected.columns), exact_match=True))
         problems = _add_expectations(gxe, suite, expected, column_types)
         table.results += problems
         try:
-            asset = source.add_query_asset(name=f"table_{index}", query=f"SELECT * FROM {_quoted(expected)}")
-            batch = asset.add_batch_definition_whole_table(name="all").get_batch()
-            outcome = batch.validate(suite, result_format="SUMMARY")
+            # Two batches of one table: the data, which GX only aggregates in SQL (counts, nulls, max), and
+            # its shape without rows. GX reads a batch's columns by fetching the whole query result into the
+            # worker; over "LIMIT 0" that costs nothing, over the table it would hold its every row in memory.
+            outcome = _table_batch(source, f"table_{index}", expected).validate(suite, result_format="SUMMARY")
+            columns = _batch(source, f"table_{index}_columns", f"SELECT * FROM {_quoted(expected)} LIMIT 0").validate(
+                shape, result_format="SUMMARY")
         except Exception as exc:  # GX wraps driver errors in many types: one result sentence each
             table.results.append({"kind": "row_count", "success": False,
                                   "detail": f"could not be read: {_reason(exc, target)}"})
             results.append(table)
             continue
-        for result in outcome.results:
+        for result in [*outcome.results, *columns.results]:
             entry = _describe(result, expected, target)
             if entry["kind"] == "row_count":
                 observed = (result.result or {}).get("observed_value")
@@ -121,6 +131,25 @@ def validate_database(target: PgTarget, conn_id: str, expectations: Sequence[Tab
              label, len(results), len(failed), run.import_seconds,
              (finished - imported) / max(len(results), 1))
     return run
+
+
+def _table_batch(source: Any, name: str, expected: TableExpectation) -> Any:
+    """The table as one GX batch: a table asset when GX can name it (it reads columns by reflection), else a query."""
+    if _plain(expected.schema) and _plain(expected.name):
+        asset = source.add_table_asset(name=name, table_name=expected.name, schema_name=expected.schema)
+        return asset.add_batch_definition_whole_table(name="all").get_batch()
+    return _batch(source, name, f"SELECT * FROM {_quoted(expected)}")
+
+
+def _plain(identifier: str) -> bool:
+    """Whether GX's table assets name ``identifier`` right: lower-case letters, digits and '_' only."""
+    return bool(identifier) and identifier == identifier.lower() and identifier.replace("_", "").isalnum() \
+        and identifier.isascii() and not identifier[0].isdigit()
+
+
+def _batch(source: Any, name: str, query: str) -> Any:
+    """The whole result of ``query`` as one GX batch."""
+    return source.add_query_asset(name=name, query=query).add_batch_definition_whole_table(name="all").get_batch()
 
 
 def _import_gx() -> tuple[Any, Any]:
@@ -146,7 +175,6 @@ def _add_expectations(gxe: Any, suite: Any, expected: TableExpectation,
                       column_types: dict[tuple[str, str, str], str]) -> list[dict[str, Any]]:
     """Add the table's expectations to ``suite``; rules that cannot apply are returned as failed results."""
     suite.add_expectation(gxe.ExpectTableRowCountToEqual(value=expected.row_count))
-    suite.add_expectation(gxe.ExpectTableColumnsToMatchSet(column_set=list(expected.columns), exact_match=True))
     problems = []
     for column in expected.not_null:
         if column not in expected.columns:
