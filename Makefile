@@ -10,7 +10,7 @@ UV_VERSION := 0.13.9
 help:
 	@echo "make demo   - install everything, start a throwaway PostgreSQL + S3 endpoint, run the real DAGs"
 	@echo "make test   - install what tests need, then lint, type-check and run the whole suite"
-	@echo "make bench  - backup throughput and memory benchmark against pg_dump | gzip"
+	@echo "make bench  - benchmarks: backup against pg_dump | gzip, restore drill against gunzip | psql"
 	@echo "make lock   - re-pin requirements*.txt from requirements*.in"
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -20,13 +20,18 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.txt -r requirements-dev.txt
 	@touch $@
 
-# 7-Zip is what users open encrypted archives with; the tests prove it can.
+# 7-Zip is what users open encrypted archives with, and rsync what docs/BACKUP_RESTORE.md puts files
+# back with; the tests run both, so a missing one is installed (Debian packages 7zip and rsync).
 tools:
-	@command -v 7zz >/dev/null 2>&1 || command -v 7z >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v 7zz >/dev/null 2>&1 || command -v 7z >/dev/null 2>&1 || missing="$$missing 7zip"; \
+	command -v rsync >/dev/null 2>&1 || missing="$$missing rsync"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "Installing 7-Zip (Debian package 7zip)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq 7zip >/dev/null; \
-	  else echo "7-Zip is missing: install it (e.g. sudo apt-get install 7zip) and rerun"; exit 1; fi; }
+	    echo "Installing:$$missing (Debian packages)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "Missing:$$missing; install them (e.g. sudo apt-get install$$missing) and rerun"; exit 1; fi; \
+	fi
 
 demo: $(STAMP)
 	$(BIN)/python -m devtools.demo
@@ -42,6 +47,7 @@ test: $(STAMP) tools lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python bench/backup_throughput.py
+	$(BIN)/python bench/restore_drill.py
 
 lock: $(STAMP)
 	$(BIN)/uv pip compile --quiet --python-version 3.11 requirements.in -o requirements.txt
