@@ -37,8 +37,9 @@ Proves that a backup restores, and measures how long it takes (the RTO):
 5. **restore** each database into a scratch database `backup_drill_<YYYYmmddHHMMSS>` on
    {f"Airflow connection `{DRILL.target_conn_id}`" if DRILL.target_conn_id else "its own server"}: roles and
    database settings first, then the dump (`psql`, one transaction; custom dumps `pg_restore -j {DRILL.jobs}`);
-6. **validate** every table with Great Expectations: exact row count and column set from the manifest, plus
-   `restore_drill.expectations` ({len(DRILL.expectations)} table(s) configured);
+6. **validate** every table: exact row count and column set from the manifest
+   (`exact_checks: {DRILL.exact_checks}`), plus `restore_drill.expectations` in Great Expectations
+   ({len(DRILL.expectations)} table(s) configured);
 7. **verify_files**: every restored file's SHA-256 against the manifest;
 8. **report**: the drill report (per-phase seconds, RTO, database sizes, validation summary) is written to the
    destination under `{CONFIG.backup.name}/restore-drills/` and returned as XCom;

@@ -109,6 +109,8 @@ def test_a_drill_of_the_latest_local_backup_restores_validates_and_reports(drill
     assert database["size_bytes"] > 1_000_000 and report["database_size_bytes"] == database["size_bytes"]
     validation = report["validation"]
     assert validation["success"] and validation["tables"] == 12 and validation["failed"] == 0
+    # Exact counts and columns by SQL (the default), the configured rules in Great Expectations.
+    assert validation["exact_checks"] == "sql" and validation["engines"] == ["sql", "great_expectations"]
     assert {c["name"]: c["status"] for c in report["checks"]} == {
         "select": "pass", "fetch": "pass", "checksum": "pass", "decrypt": "pass", "extract": "pass",
         "restore": "pass", "row_counts": "pass", "columns": "pass", "not_null": "pass", "freshness": "pass",

@@ -345,7 +345,7 @@ def test_section_1_restores_with_the_command_onto_a_fresh_server(doc_env: DocEnv
     assert "size and sha256 match the receipt" in out
     assert f"Database {SOURCES[0].db} (12 tables, " in out and f"→ invoicing on {server.host}:{server.port}" in out
     assert f"created role {SOURCES[0].owner} (NOLOGIN" in out
-    assert "validation: 12 tables match the manifest exactly (Great Expectations" in out
+    assert "validation: 12 tables match the manifest exactly (SQL, " in out
     assert re.search(r"^Restored and validated in [0-9.]+ s\.$", out, re.MULTILINE)
     assert SOURCES[0].reporting in out and "statement_timeout=5min" in out  # \du and \drds
     assert row_counts(server, "invoicing") == row_counts(pg_server, SOURCES[0].db)

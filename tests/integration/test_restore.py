@@ -442,7 +442,8 @@ def test_the_command_line_refuses_in_one_sentence_and_exits_1(env: Env, capsys: 
     assert err.startswith(f"error: Refusing to restore into database '{SOURCE_DB}' on ") and err.count("\n") == 1
 
 
-def test_great_expectations_checks_every_kind_on_any_identifier(env: Env, new_name: str) -> None:
+@pytest.mark.parametrize("engine", ["sql", "great_expectations"])
+def test_every_kind_of_check_works_on_any_identifier(env: Env, new_name: str, engine: str) -> None:
     from backup_ops.adapters.validation import validate_database
     from backup_ops.core.restore_plan import TableExpectation
 
@@ -462,7 +463,8 @@ def test_great_expectations_checks_every_kind_on_any_identifier(env: Env, new_na
     dated = TableExpectation("public", "plain", 1, ("id", "at", "day", "extra"), freshness_column="day",
                              fresh_since=backup_time - timedelta(hours=26))
     run = validate_database(pg_restore.on_database(env.target(), new_name), TARGET_CONN, [odd, stale, dated],
-                            label=new_name)
+                            label=new_name, exact_by=engine)
+    assert run.engines == (("sql",) if engine == "sql" else ()) + ("great_expectations",)
     results = {t.table: {r["kind"]: r for r in t.results} for t in run.tables[:2]}
     odd_result = results['Odd Schema.Mixed "Case']
     assert odd_result["row_count"] == {"kind": "row_count", "success": True, "detail": "2 rows"}

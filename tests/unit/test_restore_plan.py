@@ -152,18 +152,19 @@ def _config(section: Any) -> Any:
 
 def test_restore_drill_defaults_and_the_shipped_file() -> None:
     drill = _config(None)
-    assert (drill.schedule, drill.tries, drill.retry_delay, drill.target_conn_id, drill.jobs, drill.expectations) == (
-        None, 2, 60, None, 2, {})
+    assert (drill.schedule, drill.tries, drill.retry_delay, drill.target_conn_id, drill.jobs, drill.expectations,
+            drill.exact_checks) == (None, 2, 60, None, 2, {}, "sql")
     shipped = parse_config(yaml.safe_load((ROOT / "include" / "backup_config.yaml").read_text())).restore_drill
     assert shipped.schedule is None and shipped.tries >= 2
 
 
 def test_restore_drill_settings() -> None:
     drill = _config({"schedule": "0 4 1 * *", "target_conn_id": "scratch_pg", "jobs": 4, "tries": 3,
-                     "expectations": {"invoices": {"not_null": ["customer_id"],
+                     "exact_checks": "great_expectations", "expectations": {"invoices": {"not_null": ["customer_id"],
                                                    "freshness": {"column": "created_at", "max_hours": 26}},
                                       "audit.events_2024": {"not_null": ["action"]}}})
     assert (drill.schedule, drill.target_conn_id, drill.jobs, drill.tries) == ("0 4 1 * *", "scratch_pg", 4, 3)
+    assert drill.exact_checks == "great_expectations"
     assert drill.expectations == {
         "public.invoices": TableRules(("customer_id",), "created_at", 26.0),
         "audit.events_2024": TableRules(("action",), None, None),
@@ -181,6 +182,7 @@ def test_restore_drill_settings() -> None:
      "restore_drill.expectations.invoices.freshness.max_hours is required but missing."),
     ({"expectations": {".x": {}}}, "restore_drill.expectations must map table names such as public.invoices"),
     ({"nightly": True}, "restore_drill has unknown key 'nightly'"),
+    ({"exact_checks": "gx"}, "restore_drill.exact_checks must be one of 'sql', 'great_expectations'"),
 ])
 def test_restore_drill_config_errors_name_the_key(section: Any, message: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -1,14 +1,20 @@
-"""Validating a restored database with Great Expectations: every table exactly as the manifest recorded it.
+"""Validating a restored database: every table exactly as the manifest recorded it, and the configured rules.
 
-Per table of the manifest: ``ExpectTableRowCountToEqual`` (the exact row count taken inside the
-dump's snapshot) and ``ExpectTableColumnsToMatchSet`` (the same columns, no more, no fewer), plus
-the configured rules (``restore_drill.expectations``): ``ExpectColumnValuesToNotBeNull`` per listed
-column and ``ExpectColumnMaxToBeBetween`` for freshness, its lower bound typed like the column
-(``timestamptz``, ``timestamp`` or ``date``, which GX compares as Python values).
+Per table of the manifest, two exact checks: the row count equals the one taken inside the dump's
+snapshot (``count(*) FROM ONLY``, as pg_dump's COPY reads it), and the columns are the manifest's,
+no more, no fewer. ``exact_by="sql"`` (``restore_drill.exact_checks``, the default) runs them as
+plain catalog and count queries in one session; ``"great_expectations"`` runs them as
+``ExpectTableRowCountToEqual`` and ``ExpectTableColumnsToMatchSet``. The configured rules
+(``restore_drill.expectations``) always run in Great Expectations: ``ExpectColumnValuesToNotBeNull``
+per listed column and ``ExpectColumnMaxToBeBetween`` for freshness, its lower bound typed like the
+column (``timestamptz``, ``timestamp`` or ``date``, which GX compares as Python values). Both
+engines report the same ``{kind, success, detail}`` results.
 
-Great Expectations is imported here, inside the call (4–7 s, and about 200 INFO lines unless its
-logger is quieted first): never at DAG parse time, only in the task that validates. Its context is
-ephemeral (nothing written to disk), progress bars are off.
+Great Expectations is imported here, inside the call, and only when something is to run in it:
+the import alone costs 3–4 s on a 2-core worker (scipy, pandas, altair, SQLAlchemy) and about
+200 MB, which would be half of a small drill for checks two SQL queries per table answer exactly
+(docs/performance.md, "Restore drill"). Never at DAG parse time; its logger is quieted first (about
+200 INFO lines otherwise). Its context is ephemeral (nothing written to disk), progress bars are off.
 
 Memory stays flat whatever the table's size: GX only aggregates a table in SQL (count, nulls, max),
 but it learns a query batch's columns by fetching the query's whole result into the worker. So a
@@ -67,13 +73,18 @@ class TableResult:
                 "expected_rows": self.expected_rows, "results": self.results}
 
 
+EXACT_ENGINES = ("sql", "great_expectations")
+"""Where the exact checks (row count, column set) run: ``restore_drill.exact_checks``."""
+
+
 @dataclass(frozen=True)
 class ValidationRun:
-    """What validating one database found, and what it cost."""
+    """What validating one database found, what it cost, and which engines ran (``engines``: in running order)."""
 
     tables: tuple[TableResult, ...]
     import_seconds: float
     seconds: float
+    engines: tuple[str, ...] = ()
 
     @property
     def success(self) -> bool:
@@ -81,56 +92,113 @@ class ValidationRun:
 
 
 def validate_database(target: PgTarget, conn_id: str, expectations: Sequence[TableExpectation], *,
-                      label: str, log: logging.Logger | None = None) -> ValidationRun:
-    """Run every table's expectations against ``target.dbname``; ``label`` names the database in results.
+                      label: str, log: logging.Logger | None = None, exact_by: str = "sql") -> ValidationRun:
+    """Check every table of ``expectations`` against ``target.dbname``; ``label`` names the database in results.
 
-    A failed expectation is a result, not an exception: the caller decides. Raises
+    ``exact_by``: where the row count and column checks run (``EXACT_ENGINES``). Great Expectations
+    is imported only when it has something to run: the exact checks with ``exact_by="great_expectations"``,
+    or a configured rule. A failed check is a result, not an exception: the caller decides. Raises
     ValidationError only when the validation cannot run.
     """
+    if exact_by not in EXACT_ENGINES:
+        raise ValueError(f"exact_by must be one of {EXACT_ENGINES}, not {exact_by!r}")
     log = log or _log
     started = time.monotonic()
+    tables = [TableResult(label, e.qualified_name, None, e.row_count) for e in expectations]
+    engines: list[str] = []
+    if exact_by == "sql":
+        _exact_by_sql(target, conn_id, expectations, tables)
+        engines.append("sql")
+    in_gx = [(e, t) for e, t in zip(expectations, tables, strict=True) if exact_by != "sql" or _has_rules(e)]
+    import_seconds = 0.0
+    if in_gx:
+        import_seconds = _validate_in_gx(target, conn_id, in_gx, exact=exact_by != "sql")
+        engines.append("great_expectations")
+    finished = time.monotonic()
+    run = ValidationRun(tuple(tables), import_seconds, finished - started, tuple(engines))
+    failed = [t for t in tables if not t.success]
+    log.info("Validated %s (%s): %d tables, %d failed, in %.2f s (%s)", label,
+             " + ".join(engines) or "nothing to check", len(tables), len(failed), run.seconds,
+             f"Great Expectations' import {import_seconds:.1f} s" if in_gx else "Great Expectations not needed")
+    return run
+
+
+def _has_rules(expected: TableExpectation) -> bool:
+    """Whether the table has configured rules (which run in Great Expectations)."""
+    return bool(expected.not_null) or bool(expected.freshness_column and expected.fresh_since is not None)
+
+
+def _exact_by_sql(target: PgTarget, conn_id: str, expectations: Sequence[TableExpectation],
+                  tables: Sequence[TableResult]) -> None:
+    """Row count and column set of every table by plain SQL, in one autocommit session (one failure stays one)."""
+    from psycopg import sql
+
+    with connect(target, conn_id, "restore validation") as conn:
+        for expected, table in zip(expectations, tables, strict=True):
+            name = sql.Identifier(expected.schema, expected.name)
+            try:
+                row = conn.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(name)).fetchone()
+                columns = conn.execute("""
+                    SELECT a.attname FROM pg_catalog.pg_attribute a
+                    JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                    WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+                """, (expected.schema, expected.name)).fetchall()
+            except Exception as exc:  # a missing table, no privilege: a failed result naming why
+                table.results.append({"kind": "row_count", "success": False,
+                                      "detail": f"could not be read: {_reason(exc, target)}"})
+                continue
+            table.rows = int(row[0]) if row else None
+            success = table.rows == expected.row_count
+            table.results.append({"kind": "row_count", "success": success, "detail": f"{table.rows} rows" + (
+                "" if success else f", the manifest says {expected.row_count}")})
+            table.results.append(_columns_result({r[0] for r in columns}, expected))
+
+
+def _validate_in_gx(target: PgTarget, conn_id: str, work: Sequence[tuple[TableExpectation, TableResult]], *,
+                    exact: bool) -> float:
+    """Run the tables' GX expectations (the exact ones too when ``exact``); returns the import's seconds."""
+    started = time.monotonic()
     gx, gxe = _import_gx()
-    imported = time.monotonic()
-    column_types = _column_types(target, conn_id, expectations)
+    import_seconds = time.monotonic() - started
+    column_types = _column_types(target, conn_id, [e for e, _ in work])
     context = gx.get_context(mode="ephemeral")
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     source = context.data_sources.add_postgres(name="restored", connection_string=_sqlalchemy_url(target))
-    results = []
-    for index, expected in enumerate(expectations):
-        table = TableResult(label, expected.qualified_name, None, expected.row_count)
+    for index, (expected, table) in enumerate(work):
         suite = gx.ExpectationSuite(name=f"table_{index}")
-        shape = gx.ExpectationSuite(name=f"table_{index}_columns")
-        shape.add_expectation(gxe.ExpectTableColumnsToMatchSet(column_set=list(expected.columns), exact_match=True))
-        problems = _add_expectations(gxe, suite, expected, column_types)
+        problems = _add_expectations(gxe, suite, expected, column_types, exact=exact)
         table.results += problems
         try:
             # Two batches of one table: the data, which GX only aggregates in SQL (counts, nulls, max), and
             # its shape without rows. GX reads a batch's columns by fetching the whole query result into the
             # worker; over "LIMIT 0" that costs nothing, over the table it would hold its every row in memory.
-            outcome = _table_batch(source, f"table_{index}", expected).validate(suite, result_format="SUMMARY")
-            columns = _batch(source, f"table_{index}_columns", f"SELECT * FROM {_quoted(expected)} LIMIT 0").validate(
-                shape, result_format="SUMMARY")
+            found = []
+            if suite.expectations:
+                found += _table_batch(source, f"table_{index}", expected).validate(
+                    suite, result_format="SUMMARY").results
+            if exact:
+                shape = gx.ExpectationSuite(name=f"table_{index}_columns")
+                shape.add_expectation(gxe.ExpectTableColumnsToMatchSet(column_set=list(expected.columns),
+                                                                       exact_match=True))
+                found += _batch(source, f"table_{index}_columns",
+                                f"SELECT * FROM {_quoted(expected)} LIMIT 0").validate(
+                    shape, result_format="SUMMARY").results
         except Exception as exc:  # GX wraps driver errors in many types: one result sentence each
-            table.results.append({"kind": "row_count", "success": False,
+            kind = "row_count" if exact else "not_null" if expected.not_null else "freshness"
+            table.results.append({"kind": kind, "success": False,
                                   "detail": f"could not be read: {_reason(exc, target)}"})
-            results.append(table)
             continue
-        for result in [*outcome.results, *columns.results]:
+        for result in found:
             entry = _describe(result, expected, target)
             if entry["kind"] == "row_count":
                 observed = (result.result or {}).get("observed_value")
                 table.rows = observed if isinstance(observed, int) else None
             table.results.append(entry)
-        results.append(table)
-    finished = time.monotonic()
-    run = ValidationRun(tuple(results), imported - started, finished - started)
-    failed = [t for t in results if not t.success]
-    log.info("Validated %s with Great Expectations: %d tables, %d failed (import %.1f s, %.3f s per table)",
-             label, len(results), len(failed), run.import_seconds,
-             (finished - imported) / max(len(results), 1))
-    return run
+    _log.debug("Great Expectations checked %d tables in %.2f s", len(work), time.monotonic() - started)
+    return import_seconds
 
 
 def _table_batch(source: Any, name: str, expected: TableExpectation) -> Any:
@@ -172,9 +240,11 @@ def _import_gx() -> tuple[Any, Any]:
 
 
 def _add_expectations(gxe: Any, suite: Any, expected: TableExpectation,
-                      column_types: dict[tuple[str, str, str], str]) -> list[dict[str, Any]]:
-    """Add the table's expectations to ``suite``; rules that cannot apply are returned as failed results."""
-    suite.add_expectation(gxe.ExpectTableRowCountToEqual(value=expected.row_count))
+                      column_types: dict[tuple[str, str, str], str], *, exact: bool) -> list[dict[str, Any]]:
+    """Add the table's rules (and its exact row count when ``exact``) to ``suite``; a rule that cannot apply is
+    returned as a failed result."""
+    if exact:
+        suite.add_expectation(gxe.ExpectTableRowCountToEqual(value=expected.row_count))
     problems = []
     for column in expected.not_null:
         if column not in expected.columns:
@@ -240,13 +310,7 @@ def _describe(result: Any, expected: TableExpectation, target: PgTarget) -> dict
     if kind == "row_count":
         detail = f"{observed} rows" + ("" if success else f", the manifest says {expected.row_count}")
     elif kind == "columns":
-        seen = set(observed or ())
-        missing = sorted(set(expected.columns) - seen)
-        extra = sorted(seen - set(expected.columns))
-        detail = "the manifest's columns" if success else \
-            "columns differ from the manifest: " + "; ".join(
-                part for part in (f"missing {', '.join(missing)}" if missing else "",
-                                  f"unexpected {', '.join(extra)}" if extra else "") if part)
+        return {**_columns_result(set(observed or ()), expected), "success": success}
     elif kind == "not_null":
         column = config.kwargs.get("column")
         count = (result.result or {}).get("unexpected_count")
@@ -257,6 +321,17 @@ def _describe(result: Any, expected: TableExpectation, target: PgTarget) -> dict
                   ("" if success else f", older than {expected.fresh_since:%Y-%m-%d %H:%M} UTC "
                                       f"(restore_drill.expectations)" if expected.fresh_since else ""))
     return {"kind": kind, "success": success, "detail": detail}
+
+
+def _columns_result(seen: set[str], expected: TableExpectation) -> dict[str, Any]:
+    """The column check's result: the manifest's columns, or which are missing and which unexpected."""
+    missing = sorted(set(expected.columns) - seen)
+    extra = sorted(seen - set(expected.columns))
+    if not missing and not extra:
+        return {"kind": "columns", "success": True, "detail": "the manifest's columns"}
+    parts = [f"missing {', '.join(missing)}" if missing else "", f"unexpected {', '.join(extra)}" if extra else ""]
+    return {"kind": "columns", "success": False,
+            "detail": "columns differ from the manifest: " + "; ".join(p for p in parts if p)}
 
 
 def _quoted(expected: TableExpectation) -> str:

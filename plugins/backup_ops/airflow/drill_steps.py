@@ -4,8 +4,9 @@ A drill proves that a backup restores: ``select`` picks it, ``fetch`` makes it a
 run's private working directory, ``verify`` proves it is the archive that was published (receipt,
 password, every member), ``extract`` writes its files safely, ``restore`` loads each database into a
 scratch database ``backup_drill_<YYYYmmddHHMMSS>``, ``validate`` checks every table against the
-manifest with Great Expectations, ``verify_files`` hashes every restored file, ``report`` leaves the
-drill report on the destination, and ``teardown`` drops what the drill made and notifies.
+manifest (exact counts and columns) and the configured rules (Great Expectations), ``verify_files``
+hashes every restored file, ``report`` leaves the drill report on the destination, and ``teardown``
+drops what the drill made and notifies.
 
 Every phase result carries ``started_at``, ``finished_at``, ``seconds`` and its ``checks``; the
 report is built from them (``core.drill_outcome``). Nothing large travels through XCom. The source
@@ -253,7 +254,7 @@ def restore(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[
 @timed("validate")
 def validate(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[str, Any],
              restored: Mapping[str, Any], ti: Any = None) -> dict[str, Any]:
-    """Every restored table against the manifest (exact rows, same columns) and the configured rules, with GX.
+    """Every restored table against the manifest (exact rows, same columns) and the configured rules (GX).
 
     A failed validation pushes its summary as this task's XCom (the report needs it), then fails
     with ValidationFailed naming the first failure.
@@ -270,11 +271,13 @@ def validate(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping
     rules = config.restore_drill.expectations
     tables: list[dict[str, Any]] = []
     import_seconds = 0.0
+    engines: dict[str, None] = {}
     for db, done in zip(manifest.databases, restored["databases"], strict=True):
         expectations = table_expectations(db, rules, manifest.created_at)
         run = validate_database(on_database(_target(done["conn_id"]), done["scratch"]), done["conn_id"],
-                                expectations, label=db.database, log=log)
+                                expectations, label=db.database, log=log, exact_by=config.restore_drill.exact_checks)
         import_seconds += run.import_seconds
+        engines.update(dict.fromkeys(run.engines))
         tables += [t.to_dict() for t in run.tables]
     checks = validation_checks(tables, unmatched_rules(manifest, rules))
     failed = [t for t in tables if not t["success"]]
@@ -282,6 +285,7 @@ def validate(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping
         "success": not failed and all(c["status"] != "fail" for c in checks),
         "tables": len(tables), "passed": len(tables) - len(failed), "failed": len(failed),
         "expectations": sum(len(t["results"]) for t in tables), "import_seconds": round(import_seconds, 3),
+        "engines": list(engines), "exact_checks": config.restore_drill.exact_checks,
         "per_table": [_compact(t) for t in tables], "checks": checks,
     }
     if result["success"]:

@@ -123,7 +123,8 @@ def _validate(config: BackupConfig, out: Callable[[str], Any], target: Any, conn
     from backup_ops.core.restore_plan import table_expectations
 
     rules = config.restore_drill.expectations
-    run = validate_database(target, conn_id, table_expectations(db, rules, created_at), label=db.database)
+    run = validate_database(target, conn_id, table_expectations(db, rules, created_at), label=db.database,
+                            exact_by=config.restore_drill.exact_checks)
     tables = [t.to_dict() for t in run.tables]
     for check in validation_checks(tables):
         out(f"  validation {check['status'].upper()} {check['name']}: {check['detail']}")
@@ -135,8 +136,8 @@ def _validate(config: BackupConfig, out: Callable[[str], Any], target: Any, conn
         raise RestoreValidationFailed(f"Database {target.dbname} was restored, but {len(failed)} of {len(tables)} "
                                       "tables do not match the backup's manifest (listed above); it is kept for "
                                       "inspection.")
-    out(f"  validation: {len(tables)} tables match the manifest exactly (Great Expectations, "
-        f"{run.seconds:.1f} s)")
+    engines = " + ".join("Great Expectations" if e == "great_expectations" else "SQL" for e in run.engines)
+    out(f"  validation: {len(tables)} tables match the manifest exactly ({engines}, {run.seconds:.1f} s)")
 
 
 def _restore_files(out: Callable[[str], Any], archive: Path, manifest: Any, files_to: Path,

@@ -175,7 +175,7 @@ def _extensions(results: Mapping[str, Mapping[str, Any] | None]) -> dict[str, An
         "database_size_bytes": sum(int(db.get("size_bytes") or 0) for db in databases) if databases else None,
         "validation": {key: validated.get(key) for key in ("success", "tables", "passed", "failed",
                                                             "expectations", "seconds", "import_seconds",
-                                                            "per_table")}
+                                                            "engines", "exact_checks", "per_table")}
         if validated else None,
         "files": {key: files.get(key) for key in ("status", "files", "bytes")} if files else None,
     }

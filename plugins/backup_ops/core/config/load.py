@@ -425,7 +425,7 @@ def _parse_restore_drill(node: ConfigNode) -> RestoreDrillSettings:
     if not node.present or node.value is None:
         return defaults
     node.require_mapping()
-    node.only_keys({"schedule", "tries", "retry_delay", "target_conn_id", "jobs", "expectations"})
+    node.only_keys({"schedule", "tries", "retry_delay", "target_conn_id", "jobs", "expectations", "exact_checks"})
     schedule = node.child("schedule")
     target = node.child("target_conn_id")
     return RestoreDrillSettings(
@@ -435,6 +435,7 @@ def _parse_restore_drill(node: ConfigNode) -> RestoreDrillSettings:
         target_conn_id=target.name() if target.present and target.value is not None else None,
         jobs=node.child("jobs").integer(default=defaults.jobs, minimum=1, maximum=64),
         expectations=_parse_expectations(node.child("expectations")),
+        exact_checks=node.child("exact_checks").choice(("sql", "great_expectations"), default=defaults.exact_checks),
     )
 
 

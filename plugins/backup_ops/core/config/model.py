@@ -188,7 +188,10 @@ class RestoreDrillSettings:
 
     ``schedule`` None: triggered by hand only. ``target_conn_id`` None: the scratch database goes
     on the server of each database's own (source) connection. ``jobs``: ``pg_restore -j`` for
-    custom-format dumps. ``expectations`` maps ``schema.table`` to its extra rules.
+    custom-format dumps. ``expectations`` maps ``schema.table`` to its extra rules, which run in Great
+    Expectations. ``exact_checks``: where every table's exact row count and column set are checked,
+    ``sql`` (two queries per table, Great Expectations not imported unless a rule needs it) or
+    ``great_expectations``.
     """
 
     schedule: str | None = None
@@ -197,6 +200,7 @@ class RestoreDrillSettings:
     target_conn_id: str | None = None
     jobs: int = 2
     expectations: Mapping[str, TableRules] = field(default_factory=dict)
+    exact_checks: str = "sql"
 
 
 CHANNELS = ("mail", "slack", "webhook")
