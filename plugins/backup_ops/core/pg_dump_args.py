@@ -11,7 +11,7 @@ which pg_dump takes as the name of the database to dump; so is everything after 
 ``parse_pg_dump_args`` turns ``extra_args`` into these readings, each option named by its long
 name. ``extra_args_problem`` says why ``extra_args`` must not be passed to pg_dump: an option
 backup-ops sets itself, in any spelling, or a positional argument. The config validation and
-the dump adapter both use it; the adapter's table selection reads the same parse.
+the dump adapter both use it.
 """
 
 from __future__ import annotations
@@ -61,8 +61,16 @@ RESERVED_OPTIONS = {
     "username": "the Airflow connection says who logs in",
     "password": "backup-ops gives pg_dump the connection's password itself, and pg_dump would wait for a prompt",
     "jobs": "parallel dumps need the directory format, which backup-ops does not write",
-    "table": "use the include_tables key, whose tables backup-ops also counts",
-    "exclude-table": "use the exclude_tables key, whose tables backup-ops also leaves out of its counts",
+    "table": "use the include_tables key (with pg_dump 16 or later it brings the tables' partitions too)",
+    "exclude-table": "use the exclude_tables key (with pg_dump 16 or later it leaves out the tables' partitions too)",
+    "inserts": "backup-ops counts every table's rows in the COPY data pg_dump writes, which INSERT statements "
+               "replace (and COPY restores several times faster)",
+    "column-inserts": "backup-ops counts every table's rows in the COPY data pg_dump writes, which INSERT "
+                      "statements replace (and COPY restores several times faster)",
+    "attribute-inserts": "backup-ops counts every table's rows in the COPY data pg_dump writes, which INSERT "
+                         "statements replace (and COPY restores several times faster)",
+    "rows-per-insert": "backup-ops counts every table's rows in the COPY data pg_dump writes, which INSERT "
+                       "statements replace (and COPY restores several times faster)",
 }
 """Long options backup-ops sets itself (or that would break the dump), with the reason."""
 

@@ -1,9 +1,16 @@
 """Dump one PostgreSQL database with pg_dump: consistent, verified, streamed, stoppable, secrets off disk.
 
-The steps: ``tools`` finds pg_dump and checks it against the server, ``selection`` works out which
-tables' rows it dumps, ``snapshot`` exports the snapshot and counts those rows, ``client_env``
-gives pg_dump the connection, this module streams pg_dump's output into the staged file, and
-``readback`` proves the file complete.
+The steps: ``tools`` finds pg_dump and checks it against the server, ``snapshot`` exports the
+snapshot (and reads the catalog in it), ``client_env`` gives pg_dump the connection, this module
+streams pg_dump's output into the staged file, and ``readback`` proves the file complete.
+
+Row counts. The server is read once, by pg_dump. Each table's rows are counted in pg_dump's own
+output (``core.copy_rows``): for plain dumps on the stream as it is written, for custom-format
+dumps in ``pg_restore --data-only``'s output when the file is read back. So the tables in the
+manifest are exactly the tables whose data the dump holds, whatever ``include_tables``,
+``exclude_tables`` and ``extra_args`` selected (pg_dump applies its own pattern rules; nothing
+here re-implements them), and their counts are the rows it holds. Each table's full column list
+comes from the catalog in the dump's snapshot (a COPY header leaves out generated columns).
 
 Credentials. pg_dump gets the connection's libpq parameters as ``PG*`` variables and the password
 through an in-memory pgpass file (see ``client_env``): nothing secret is on disk, in argv, in log
@@ -14,8 +21,8 @@ Output (``staging_dir/db-dumps/``, mode 0600, sha256 and size computed while wri
 name is ``core.dump_member``'s):
 
 * plain + gzip: ``postgresql-<db>.sql.gz``. pg_dump writes SQL to a pipe and this process gzips it
-  (zlib at the configured level, mtime 0, 1 MiB chunks), so compression runs in parallel with
-  pg_dump as ``pg_dump | gzip`` would.
+  as it streams (1 MiB chunks, mtime 0; the engine per level is ``core.compression``'s), so
+  compression runs in parallel with pg_dump as ``pg_dump | gzip`` would.
 * plain + none: ``postgresql-<db>.sql``.
 * plain + zstd / lz4: ``postgresql-<db>.sql.zst`` / ``.sql.lz4``, compressed by pg_dump itself
   (``--compress=zstd:N``), which needs pg_dump 16 or later built with that library.
@@ -32,7 +39,7 @@ Stopping. pg_dump runs in a process group of its own, which a killed task would 
 the partial file and raises DumpError.
 
 No false success. A non-zero exit, a ``pg_dump: error:`` line, empty output, a timeout, a signal
-(named with what usually sends it), a failed row count, or output that is not complete (see
+(named with what usually sends it), COPY data that cannot be counted, or output that is not complete (see
 ``readback``) raises DumpError, and the partial file is deleted. Failures a retry cannot fix (a
 refused login, a missing database, an old or missing pg_dump, an unsupported compression, refused
 options or patterns) are raised with ``retryable=False``.
@@ -58,12 +65,12 @@ from typing import IO
 from backup_ops.adapters.postgres.client_env import ClientLogin
 from backup_ops.adapters.postgres.globals import DatabaseGlobals
 from backup_ops.adapters.postgres.globals_capture import capture_globals, stage_globals, staged_paths
-from backup_ops.adapters.postgres.readback import TAIL_BYTES, CheckKind, verify_readback
-from backup_ops.adapters.postgres.selection import TableSelection
-from backup_ops.adapters.postgres.snapshot import SnapshotSession, Table
+from backup_ops.adapters.postgres.readback import TAIL_BYTES, CheckKind, unreadable, verify_readback
+from backup_ops.adapters.postgres.snapshot import SnapshotSession
 from backup_ops.adapters.postgres.target import APP_NAME, PgTarget, connect, redact
 from backup_ops.adapters.postgres.tools import check_versions, pg_tool, read_tail, tool_version
 from backup_ops.core.config import DatabaseSource
+from backup_ops.core.copy_rows import CopyBlock, CopyRowCounter, CopyStreamError
 from backup_ops.core.dump_member import DUMP_DIR, dump_file_name
 from backup_ops.core.errors import DumpError
 from backup_ops.core.fileio import CHUNK_SIZE
@@ -152,7 +159,6 @@ class DumpJob:
         pg_dump_version, pg_dump_major = tool_version(pg_dump)
         plan = _plan_output(source, target.dbname, pg_dump_major, pg_dump_version, who)
         settings = _Settings(who=who, secrets=target.secrets, timeout=source.timeout, plan=plan, log=log)
-        selection = TableSelection.from_source(source, with_children=pg_dump_major >= 16)
 
         out_dir = self.staging_dir / DUMP_DIR
         try:
@@ -172,14 +178,15 @@ class DumpJob:
             with SnapshotSession(target, source.conn_id, who) as session:
                 check_versions(session.server_version_num, session.server_version, pg_dump_major, pg_dump_version,
                                who)
-                tables = [t for t in session.list_tables() if selection.dumps_data(t)]
+                columns = session.table_columns()
                 captured, notes = capture_globals(session.connection, login=target.user, log=log)
                 argv = [str(pg_dump), f"--snapshot={session.snapshot_id}", "--no-password", *plan.pg_dump_args,
-                        *selection.pg_dump_args(), *source.extra_args]
+                        *_table_args(source, pg_dump_major), *source.extra_args]
                 with ClientLogin(target, f"{APP_NAME} pg_dump", who) as login:
-                    written, stats = self._run_pg_dump(settings, argv, login, out_path, session, tables)
+                    written = self._run_pg_dump(settings, argv, login, out_path)
             dumped = time.monotonic()
-            verify_readback(out_path, plan.check, stats, pg_restore, written.tail, who=who, log=log)
+            blocks = verify_readback(out_path, plan.check, pg_restore, written.tail, who=who, log=log)
+            stats = _table_stats(_streamed_blocks(written, who) if blocks is None else blocks, columns)
             extras = self._stage_globals(captured, out_dir, stem, f"{DUMP_DIR}/{plan.file_name}", who)
             self._stop_if_cancelled(who)
         except BaseException:
@@ -234,9 +241,8 @@ class DumpJob:
             raise DumpError(f"The dump of {who} was stopped before it finished (the task was killed or cancelled); "
                             "pg_dump and its process group were killed and the partial dump was deleted.")
 
-    def _run_pg_dump(self, settings: _Settings, argv: list[str], login: ClientLogin, out_path: Path,
-                     session: SnapshotSession, tables: list[Table]) -> tuple[_Written, list[TableStat]]:
-        """Stream pg_dump into the staged file while the session counts rows; raise DumpError on any failure."""
+    def _run_pg_dump(self, settings: _Settings, argv: list[str], login: ClientLogin, out_path: Path) -> _Written:
+        """Stream pg_dump into the staged file, counting rows as they pass; raise DumpError on any failure."""
         who, timeout = settings.who, settings.timeout
         timed_out = threading.Event()
         self._stop_if_cancelled(who)
@@ -259,28 +265,28 @@ class DumpJob:
             def kill_on_timeout() -> None:
                 timed_out.set()
                 _kill_group(proc.pid)
-                session.cancel()
 
             timer = threading.Timer(timeout, kill_on_timeout) if timeout else None
             if timer is not None:
                 timer.daemon = True
                 timer.start()
             written: _Written | None = None
-            stats: list[TableStat] = []
             write_error: OSError | None = None
+            count_error: CopyStreamError | None = None
             try:
-                session.start_counting(tables)
                 stdout = proc.stdout
                 if stdout is None:  # cannot happen with stdout=PIPE; keeps the type checker honest
                     raise DumpError(f"pg_dump for {who} has no output pipe; this is a bug in backup-ops.")
                 try:
-                    written = _write_stream(stdout, out_path, settings.plan.gzip_level)
+                    written = _write_stream(stdout, out_path, settings.plan.gzip_level,
+                                            count=settings.plan.check in ("sql", "gzip"))
                 except OSError as exc:
                     write_error = exc
+                except CopyStreamError as exc:
+                    count_error = exc
+                if write_error is not None or count_error is not None:
                     _kill_group(proc.pid)  # nobody reads the pipe any more: pg_dump would block on it forever
                 returncode = proc.wait()
-                if write_error is None and returncode == 0 and not timed_out.is_set() and not self._cancelled:
-                    stats = session.finish_counting()
             finally:
                 if proc.poll() is None:
                     _kill_group(proc.pid)
@@ -288,7 +294,6 @@ class DumpJob:
                 self._pgid = None
                 if proc.stdout is not None:
                     proc.stdout.close()
-                session.cancel()
                 if timer is not None:
                     timer.cancel()
             stderr = read_tail(stderr_file, _STDERR_BYTES)
@@ -301,6 +306,9 @@ class DumpJob:
         if write_error is not None:
             raise DumpError(f"Writing the dump of {who} to {out_path} failed: {write_error.strerror}; free space in or "
                             "move backup.staging_directory.") from write_error
+        if count_error is not None and returncode == 0:
+            raise DumpError(f"The rows in the dump of {who} could not be counted: {count_error}. Check that "
+                            "backup.source.pg_bin_dir holds a real pg_dump.", retryable=False)
         if returncode < 0:
             raise _killed_by_signal(who, -returncode, stderr_tail)
         if returncode != 0:
@@ -316,13 +324,45 @@ class DumpJob:
                             f"{argv[0]} is a working pg_dump.")
         if stderr.strip():
             settings.log.warning("pg_dump for %s wrote to stderr: %s", who, stderr_tail)
-        # Counting errors are raised here, after pg_dump's: a failed pg_dump explains more.
-        stats = stats or session.finish_counting()
-        return written, stats
+        return written
 
 
 def _who(target: PgTarget, source: DatabaseSource) -> str:
     return f"database {target.dbname!r} (Airflow connection {source.conn_id!r})"
+
+
+def _table_args(source: DatabaseSource, pg_dump_major: int) -> list[str]:
+    """pg_dump options for include_tables / exclude_tables: with pg_dump 16+, a table's partitions come along."""
+    children = "-and-children" if pg_dump_major >= 16 else ""
+    return [*(f"--table{children}={pattern}" for pattern in source.include_tables),
+            *(f"--exclude-table{children}={pattern}" for pattern in source.exclude_tables)]
+
+
+def _streamed_blocks(written: _Written, who: str) -> list[CopyBlock]:
+    """The COPY blocks counted as the plain output streamed; a stream that stopped inside one does not read back."""
+    if written.counter is None:
+        raise DumpError(f"The rows of {who} were not counted as the dump streamed; this is a bug in backup-ops.")
+    try:
+        return written.counter.finish()
+    except CopyStreamError as exc:
+        raise unreadable(who, str(exc)) from None
+
+
+def _table_stats(blocks: list[CopyBlock], columns: dict[tuple[str, str], tuple[str, ...]]) -> list[TableStat]:
+    """One entry per table whose data the dump holds, in the dump's order; blocks of one table add up.
+
+    Columns come from the snapshot's catalog (all of them, generated ones too); the COPY header's
+    list stands in only for a table the catalog did not list under the same name (a name in a
+    client encoding other than UTF-8).
+    """
+    rows: dict[tuple[str, str], int] = {}
+    copied: dict[tuple[str, str], tuple[str, ...]] = {}
+    for block in blocks:
+        key = (block.schema, block.name)
+        rows[key] = rows.get(key, 0) + block.rows
+        copied.setdefault(key, block.columns)
+    return [TableStat(schema, name, count, columns.get((schema, name), copied[(schema, name)]))
+            for (schema, name), count in rows.items()]
 
 
 # ---------------------------------------------------------------------------- output plan
@@ -379,6 +419,7 @@ class _Written:
     sha256: str
     input_bytes: int  # bytes pg_dump wrote, before our compression
     tail: bytes  # the last bytes pg_dump wrote, before our compression (for the completion check)
+    counter: CopyRowCounter | None  # what the plain output's COPY blocks held, as it streamed past
 
 
 def _kill_group(pgid: int) -> None:
@@ -388,8 +429,8 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _write_stream(stream: IO[bytes], out_path: Path, gzip_level: int | None) -> _Written:
-    """Copy ``stream`` to a new 0600 file in 1 MiB chunks, gzipping and hashing as it goes."""
+def _write_stream(stream: IO[bytes], out_path: Path, gzip_level: int | None, *, count: bool) -> _Written:
+    """Copy ``stream`` to a new 0600 file in 1 MiB chunks, compressing, hashing and (``count``) counting rows."""
     digest = hashlib.sha256()
     size = 0
     input_bytes = 0
@@ -405,13 +446,16 @@ def _write_stream(stream: IO[bytes], out_path: Path, gzip_level: int | None) -> 
                 size += len(data)
 
         tail = b""
+        counter = CopyRowCounter() if count else None
         while chunk := stream.read(CHUNK_SIZE):
             input_bytes += len(chunk)
             tail = (tail + chunk)[-TAIL_BYTES:] if len(chunk) < TAIL_BYTES else chunk[-TAIL_BYTES:]
+            if counter is not None:
+                counter.feed(chunk)
             emit(compressor.compress(chunk) if compressor is not None else chunk)
         if compressor is not None and input_bytes:
             emit(compressor.flush())
-    return _Written(size, digest.hexdigest(), input_bytes, tail)
+    return _Written(size, digest.hexdigest(), input_bytes, tail, counter)
 
 
 def _stderr_tail(stderr: str, secrets: tuple[str, ...]) -> str:

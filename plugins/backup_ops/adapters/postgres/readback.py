@@ -1,13 +1,18 @@
-"""Read-back: prove a staged dump is complete and decodable before it goes into the archive.
+"""Read-back: prove a staged dump is complete and decodable before it goes into the archive, and count its rows.
 
 Completion: plain SQL that this process writes (gzip or uncompressed) must end with pg_dump's
 "dump complete" trailer, checked on the bytes as they streamed through (the file's sha256, taken
 while writing, is re-checked when the archive is built). zstd/lz4 SQL is decompressed from disk
 for the same check through the ``zstandard``/``lz4`` Python
 modules or else the ``zstd``/``lz4`` command-line tools; with neither, only the compressed
-stream's magic number is checked (and a warning is logged). Custom archives must list (``pg_restore
---list``) a TABLE DATA entry for every counted table, and must restore to ``/dev/null`` without error,
-which reads and decompresses every data block.
+stream's magic number is checked (and a warning is logged). Custom archives are read whole:
+``pg_restore --data-only`` writes every data block's rows (which reads and decompresses each of
+them) into ``core.copy_rows``'s counter, and the blocks read must be the table-of-contents' TABLE
+DATA entries (``pg_restore --list``), one each.
+
+Rows. Plain output is counted as it streams (``dump``); a dump that pg_dump compressed itself
+(custom format, zstd, lz4) is counted here, on the data this read-back decompresses anyway, so
+``verify_readback`` returns its COPY blocks (None: counted on the stream).
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from pathlib import Path
 from typing import IO, Literal
 
 from backup_ops.adapters.postgres.tools import clean_env, read_tail
+from backup_ops.core.copy_rows import CopyBlock, CopyRowCounter, CopyStreamError
 from backup_ops.core.errors import DumpError
 from backup_ops.core.fileio import CHUNK_SIZE
-from backup_ops.core.models import TableStat
 
 CheckKind = Literal["sql", "gzip", "zstd", "lz4", "custom"]
 """How a dump is proved complete: by what it is (plain SQL, gzip, zstd, lz4) or a custom-format archive."""
@@ -36,9 +41,12 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _LZ4_MAGIC = b"\x04\x22\x4d\x18"
 
 
-def verify_readback(path: Path, check: CheckKind, tables: list[TableStat], pg_restore: Path | None,
-                    streamed_tail: bytes, *, who: str, log: logging.Logger) -> None:
+def verify_readback(path: Path, check: CheckKind, pg_restore: Path | None, streamed_tail: bytes, *, who: str,
+                    log: logging.Logger) -> list[CopyBlock] | None:
     """Prove the staged dump is complete and decodable; raises DumpError naming what is wrong.
+
+    Returns the dump's COPY blocks with their rows when they were counted here (files pg_dump
+    compressed itself); None when the stream was counted as it was written (plain SQL, gzip).
 
     Plain dumps that this process compressed are checked on the bytes pg_dump produced, as they
     streamed through (``streamed_tail``): decompressing the file again would only re-test zlib
@@ -48,37 +56,54 @@ def verify_readback(path: Path, check: CheckKind, tables: list[TableStat], pg_re
     """
 
     def fail(reason: str) -> DumpError:
-        return DumpError(f"The dump of {who} does not read back: {reason}. The staged file was deleted; run the "
-                         "backup again and check the staging disk and pg_dump if it keeps failing.")
+        return unreadable(who, reason)
 
     if check in ("gzip", "sql"):
         _check_trailer(streamed_tail, fail)
-        return
+        return None
     if check == "custom":
         if pg_restore is None:
             raise fail("no pg_restore to check the custom-format archive with")
-        _check_custom_archive(path, tables, pg_restore, fail)
-        return
+        return _read_custom_archive(path, pg_restore, fail)
     if check in ("zstd", "lz4"):
         magic = _ZSTD_MAGIC if check == "zstd" else _LZ4_MAGIC
         with path.open("rb") as handle:
             if handle.read(4) != magic:
                 raise fail(f"the file does not start with the {check} magic number")
-    tail = _decompressed_tail(path, check, fail)
+    counter = CopyRowCounter()
+    tail = _decompressed_tail(path, check, fail, counter)
     if tail is None:
-        log.warning("Neither the %s Python module nor the %s command is available: the dump of %s was only "
-                    "checked for its %s header, not decompressed.", check, check, who, check)
-        return
+        raise fail(f"neither the {check} Python module nor the {check} command is on this worker, so its rows "
+                   f"cannot be counted; install the {check} command, or use gzip")
     _check_trailer(tail, fail)
+    return _blocks(counter, fail)
 
 
-def _decompressed_tail(path: Path, kind: CheckKind, fail: Callable[[str], DumpError]) -> bytes | None:
-    """The last bytes of a zstd/lz4 dump, decompressing all of it; None when no decompressor exists."""
+def unreadable(who: str, reason: str) -> DumpError:
+    """The error for a staged dump that is not complete or does not decode."""
+    return DumpError(f"The dump of {who} does not read back: {reason}. The staged file was deleted; run the "
+                     "backup again and check the staging disk and pg_dump if it keeps failing.")
+
+
+def _blocks(counter: CopyRowCounter, fail: Callable[[str], DumpError]) -> list[CopyBlock]:
+    try:
+        return counter.finish()
+    except CopyStreamError as exc:
+        raise fail(str(exc)) from None
+
+
+def _decompressed_tail(path: Path, kind: CheckKind, fail: Callable[[str], DumpError],
+                       counter: CopyRowCounter) -> bytes | None:
+    """The last bytes of a zstd/lz4 dump, decompressing (and counting) all of it; None: no decompressor exists."""
     tail = b""
 
     def keep(data: bytes) -> None:
         nonlocal tail
         tail = data[-TAIL_BYTES:] if len(data) >= TAIL_BYTES else (tail + data)[-TAIL_BYTES:]
+        try:
+            counter.feed(data)
+        except CopyStreamError as exc:
+            raise fail(str(exc)) from None
 
     stream = _open_decompressed(path, kind)
     if stream is not None:
@@ -131,20 +156,34 @@ def _check_trailer(tail: bytes, fail: Callable[[str], DumpError]) -> None:
             raise fail(f"unexpected content after the 'dump complete' line: {stripped[:80]!r}")
 
 
-def _check_custom_archive(path: Path, tables: list[TableStat], pg_restore: Path,
-                          fail: Callable[[str], DumpError]) -> None:
+def _read_custom_archive(path: Path, pg_restore: Path, fail: Callable[[str], DumpError]) -> list[CopyBlock]:
+    """Every data block of a custom-format archive, read and counted; they must be its TOC's TABLE DATA entries."""
     env = clean_env()
     listing = subprocess.run([str(pg_restore), "--list", str(path)], capture_output=True, env=env, check=False,
                              stdin=subprocess.DEVNULL)
     if listing.returncode != 0:
         raise fail(f"pg_restore --list failed: {listing.stderr.decode(errors='replace').strip()[-500:]}")
-    toc = listing.stdout.decode("utf-8", errors="replace")
-    missing = [t.qualified_name for t in tables if f" TABLE DATA {t.schema} {t.name} " not in toc]
-    if missing:
-        raise fail(f"the archive has no data for {len(missing)} counted table(s), e.g. {', '.join(missing[:3])}")
-    # Restoring to /dev/null reads and decompresses every data block without touching a database.
+    entries = [line for line in listing.stdout.decode("utf-8", errors="replace").splitlines()
+               if not line.startswith(";") and " TABLE DATA " in line]
+    counter = CopyRowCounter()
     with tempfile.TemporaryFile() as errors:
-        full = subprocess.run([str(pg_restore), "--file=/dev/null", str(path)], stdout=subprocess.DEVNULL,
-                              stderr=errors, env=env, check=False, stdin=subprocess.DEVNULL)
-        if full.returncode != 0:
+        # --data-only to standard output: pg_restore reads and decompresses every data block, and its rows
+        # pass through the counter; nothing touches a database.
+        proc = subprocess.Popen([str(pg_restore), "--data-only", "--file=-", str(path)], stdout=subprocess.PIPE,
+                                stderr=errors, env=env, stdin=subprocess.DEVNULL)
+        try:
+            if proc.stdout is not None:
+                with proc.stdout:
+                    while chunk := proc.stdout.read(CHUNK_SIZE):
+                        counter.feed(chunk)
+        except CopyStreamError as exc:
+            proc.kill()
+            proc.wait()
+            raise fail(str(exc)) from None
+        if proc.wait() != 0:
             raise fail(f"pg_restore could not read every data block: {read_tail(errors, 500).strip()}")
+    blocks = _blocks(counter, fail)
+    if len(blocks) != len(entries):
+        raise fail(f"its table of contents lists {len(entries)} TABLE DATA entries, but pg_restore wrote "
+                   f"{len(blocks)} tables' data")
+    return blocks
