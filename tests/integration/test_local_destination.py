@@ -5,8 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +18,7 @@ import pytest
 
 from backup_ops.adapters.destinations.base import ArchiveNameClash, receipt_bytes
 from backup_ops.adapters.destinations.local import LocalDestination
-from backup_ops.core.errors import DestinationError
+from backup_ops.core.errors import DestinationError, VerificationError
 from backup_ops.core.models import Integrity, Receipt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,12 +110,64 @@ class TestNameClash:
         assert not dest.name_taken("2026-11-26-02-00-01.zip")
 
 
+@pytest.fixture
+def other_file_system(tmp_path: Path) -> Iterator[Path]:
+    """A folder on another file system than tmp_path (/dev/shm), where a hard link cannot reach: publish copies."""
+    folder = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="backup-ops-staging-"))
+    assert os.stat(folder).st_dev != os.stat(tmp_path).st_dev, "/dev/shm must be its own file system"
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+class TestPublishByLinkOrCopy:
+    def test_on_stagings_file_system_the_verified_file_is_hard_linked(self, dest: LocalDestination,
+                                                                     tmp_path: Path) -> None:
+        source, receipt = staged(tmp_path, os.urandom(1 << 16))
+        published = dest.publish(source, NAME, receipt)
+        final = dest.root / published.path
+        assert os.stat(final).st_ino == os.stat(source).st_ino and published.linked_from == str(source)
+        assert (published.sha256, published.size) == (receipt.sha256, receipt.size)
+        dest.verify_published(published)
+        assert sorted(files_below(dest.root)) == [f"{APP}/{NAME}", f"{APP}/{NAME}.json"]
+        source.unlink()  # the run's teardown removes staging: the published archive stays
+        assert dest.check_integrity(published.path).state is Integrity.INTACT
+
+    def test_a_linked_archive_replaced_before_its_check_fails_it(self, dest: LocalDestination, tmp_path: Path) -> None:
+        source, receipt = staged(tmp_path, b"verified bytes")
+        published = dest.publish(source, NAME, receipt)
+        final = dest.root / published.path
+        final.unlink()
+        final.write_bytes(b"verified bytes")  # same bytes, but not the file that was verified
+        with pytest.raises(VerificationError, match=r"is not the verified staged archive"):
+            dest.verify_published(published)
+
+    def test_on_another_file_system_it_is_copied_and_read_back(self, dest: LocalDestination,
+                                                               other_file_system: Path) -> None:
+        source, receipt = staged(other_file_system, os.urandom(1 << 16))
+        published = dest.publish(source, NAME, receipt)
+        final = dest.root / published.path
+        assert published.linked_from is None and os.stat(final).st_ino != os.stat(source).st_ino
+        assert final.read_bytes() == source.read_bytes()
+        dest.verify_published(published)
+        final.write_bytes(b"x" * receipt.size)
+        with pytest.raises(VerificationError, match=r"read-back of .* does not match what was written"):
+            dest.verify_published(published)
+
+    def test_a_staged_archive_that_changed_size_is_not_linked(self, dest: LocalDestination, tmp_path: Path) -> None:
+        source, receipt = staged(tmp_path, b"0123456789")
+        source.write_bytes(b"0123")
+        with pytest.raises(VerificationError, match=r"is 4 bytes, but 10 were built and verified"):
+            dest.publish(source, NAME, receipt)
+        assert not (dest.root / APP / NAME).exists()
+
+
 class TestFailedPublish:
     def test_a_copy_that_fails_midway_leaves_neither_archive_nor_receipt(self, dest: LocalDestination,
-                                                                         tmp_path: Path) -> None:
+                                                                         other_file_system: Path) -> None:
         # The receipt (small) is written, then the archive copy hits the file size limit (EFBIG):
         # the same path as a disk filling up mid-copy. Run in a child so the limit binds only there.
-        source, receipt = staged(tmp_path, os.urandom(1 << 20))
+        # The staged archive is on another file system, so publish copies instead of linking.
+        source, receipt = staged(other_file_system, os.urandom(1 << 20))
         script = (
             "import json, resource, signal, sys\n"
             "from pathlib import Path\n"

@@ -72,6 +72,7 @@ class PublishedBackup:
     sha256: str
     seconds: float
     already_present: bool = False
+    linked_from: str | None = None  # a local destination on staging's file system: the staged file, hard-linked
 
 
 @dataclass(frozen=True)
