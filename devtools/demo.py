@@ -53,7 +53,7 @@ def main() -> int:
         with pg.connect() as conn:
             version = conn.execute("SHOW server_version").fetchone()
         say(f"PostgreSQL {version[0] if version else '?'} running on {pg.host}:{pg.port} (data in .demo/pgdata)")
-        _ensure_app_database(pg)
+        ensure_app_database(pg)
         app_root = build_sample_app(DEMO / "app")
         say(f"Sample application tree: {app_root.relative_to(ROOT)}")
         say(f"S3-compatible endpoint (moto, in memory) at {s3_url}, bucket {S3_BUCKET!r}")
@@ -98,7 +98,8 @@ def main() -> int:
     return 0
 
 
-def _ensure_app_database(pg: EmbeddedPostgres) -> None:
+def ensure_app_database(pg: EmbeddedPostgres) -> None:
+    """The invoicing sample database and its login on ``pg``, loaded the first time only."""
     from devtools.sample_data import load_sample_data
 
     with pg.connect("postgres") as conn:
@@ -137,8 +138,8 @@ def s3_endpoint() -> Iterator[str]:
         server.stop()
 
 
-def demo_config() -> Path:
-    """The shipped config plus an S3 destination (the shipped file points at local disk only)."""
+def demo_config(path: Path = DEMO / "backup_config.yaml") -> Path:
+    """The shipped config plus an S3 destination (the shipped file points at local disk only), written to ``path``."""
     config = yaml.safe_load((ROOT / "include" / "backup_config.yaml").read_text(encoding="utf-8"))
     config["backup"]["destination"]["destinations"].append(
         {"name": "s3", "type": "s3", "conn_id": S3_CONN_ID, "bucket": S3_BUCKET, "prefix": "demo",
@@ -149,7 +150,6 @@ def demo_config() -> Path:
     config.setdefault("restore_drill", {})["target_conn_id"] = DRILL_CONN_ID
     # A rule of the user's own, which the drill checks in Great Expectations (the exact counts run in SQL).
     config["restore_drill"]["expectations"] = {"public.invoices": {"not_null": ["customer_id", "number"]}}
-    path = DEMO / "backup_config.yaml"
     path.write_text("# Written by make demo from include/backup_config.yaml; edits are overwritten.\n"
                     + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
@@ -184,31 +184,42 @@ def mail_sink() -> Iterator[tuple[str, list[str]]]:
 def airflow_env(pg: EmbeddedPostgres, app_root: Path, s3_url: str, smtp: str) -> dict[str, str]:
     """Environment for the airflow CLI: project-local AIRFLOW_HOME, our dags/plugins, demo services."""
     env = dict(os.environ)
-    s3_connection = {"conn_type": "aws", "login": "demo-access-key", "password": "demo-secret-key",
-                     "extra": {"endpoint_url": s3_url, "region_name": "us-east-1"}}
     env.update({
         "AIRFLOW_HOME": str(AIRFLOW_HOME),
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "BACKUP_OPS_DISABLE_DEADLINES": "1",  # `airflow dags test` crashes on deadlines (apache/airflow#73428)
-        "BACKUP_OPS_CONFIG": str(demo_config()),
+        **service_env(pg, app_root, s3_url, smtp, config=demo_config(), state=DEMO),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]),
+    })
+    return env
+
+
+def service_env(pg: EmbeddedPostgres, app_root: Path, s3_url: str, smtp: str, *, config: Path,
+                state: Path) -> dict[str, str]:
+    """What backup-ops needs to reach the demo's services: its config, the connections, the archive password.
+
+    The local destination and the staging folder are ``backups/`` and ``staging/`` below ``state``.
+    """
+    s3_connection = {"conn_type": "aws", "login": "demo-access-key", "password": "demo-secret-key",
+                     "extra": {"endpoint_url": s3_url, "region_name": "us-east-1"}}
+    (state / "backups").mkdir(parents=True, exist_ok=True)
+    return {
+        "BACKUP_OPS_CONFIG": str(config),
         f"AIRFLOW_CONN_{S3_CONN_ID.upper()}": json.dumps(s3_connection),
         "BACKUP_OPS_APP_ROOT": str(app_root),
         "BACKUP_OPS_PG_BIN_DIR": str(pg.bin_dir),
-        "BACKUP_OPS_LOCAL_DESTINATION": str(DEMO / "backups"),
-        "BACKUP_OPS_STAGING": str(DEMO / "staging"),
+        "BACKUP_OPS_LOCAL_DESTINATION": str(state / "backups"),
+        "BACKUP_OPS_STAGING": str(state / "staging"),
         "AIRFLOW_CONN_APP_DB": pg.conn_uri(APP_DB, user=APP_USER, password=APP_USER_PASSWORD),
         "AIRFLOW_VAR_BACKUP_ARCHIVE_PASSWORD": DEMO_PASSWORD,
         f"AIRFLOW_CONN_{DRILL_CONN_ID.upper()}": pg.conn_uri("postgres"),
         "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps({
             "conn_type": "smtp", "host": smtp.split(":")[0], "port": int(smtp.split(":")[1]),
             "extra": {"disable_ssl": True, "disable_tls": True, "retry_limit": 1, "timeout": 10}}),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]),
-    })
-    (DEMO / "backups").mkdir(exist_ok=True)
-    return env
+    }
 
 
 def _run(cmd: list[str], env: dict[str, str], log_name: str, title: str, show_task_lines: bool = False) -> bool:

@@ -15,23 +15,15 @@ are tested by awaiting it in this process against the same SMTP server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import secrets
-import signal
-import socket
-import subprocess
-import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import requests
 import yaml
@@ -46,6 +38,7 @@ from backup_ops.airflow.deadline import (
 from backup_ops.core.config import load_config, parse_config
 from backup_ops.core.errors import ConfigError
 from devtools.pgserver import EmbeddedPostgres
+from tests.fixtures_airflow import AirflowStack, running_airflow
 from tests.fixtures_smtp import SMTP_CONN_ID, MailSink
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,12 +72,6 @@ def late_backup():
 
 late_backup()
 '''
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_config(directory: Path, **backup: Any) -> Path:
@@ -239,137 +226,28 @@ class TestCallback:
 # ---------------------------------------------------------------------------- end to end
 
 
-@dataclass
-class AirflowStack:
-    """Airflow's processes on loopback, each in a session of its own, stopped by PID."""
-
-    home: Path
-    env: dict[str, str]
-    api_url: str
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def run(self, *args: str, timeout: float = 120) -> None:
-        """An airflow CLI command to completion; its output is shown when it fails."""
-        done = subprocess.run([str(Path(sys.executable).parent / "airflow"), *args], env=self.env,
-                              capture_output=True, text=True, timeout=timeout, check=False)
-        assert done.returncode == 0, f"airflow {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-
-    def start(self, name: str, *args: str) -> None:
-        log = open(self.home / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process in stop()
-        self.processes[name] = subprocess.Popen(
-            [str(Path(sys.executable).parent / "airflow"), *args], env=self.env, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,  # the session tells its processes apart from ours
-        )
-        log.close()
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(f"--- {name}.log\n" + "\n".join(
-            (self.home / f"{name}.log").read_text(errors="replace").splitlines()[-lines:]) for name in self.processes)
-
-    def wait_for(self, what: str, condition: Callable[[], Any], timeout: float) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(requests.RequestException):
-                result = condition()
-                if result:
-                    return result
-            dead = {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
-            assert not dead, f"{dead} exited while waiting for {what}:\n{self.log_tail()}"
-            assert time.monotonic() < deadline, f"waited {timeout} s for {what}:\n{self.log_tail()}"
-            time.sleep(0.5)
-
-    def members(self) -> list[psutil.Process]:
-        """Every live process started by the stack: the sessions' members and the main processes' descendants."""
-        sessions = {p.pid for p in self.processes.values()}
-        found: dict[int, psutil.Process] = {}
-        for proc in psutil.process_iter():
-            with contextlib.suppress(psutil.Error, OSError):
-                if os.getsid(proc.pid) in sessions and proc.status() != psutil.STATUS_ZOMBIE:
-                    found[proc.pid] = proc
-        for popen in self.processes.values():
-            with contextlib.suppress(psutil.Error):
-                for child in psutil.Process(popen.pid).children(recursive=True):
-                    found[child.pid] = child
-        return list(found.values())
-
-    def stop(self) -> None:
-        """SIGTERM each main process by its PID (never a process group), then SIGKILL what is left, by PID."""
-        started = time.monotonic()
-        stragglers = self.members()
-        for popen in self.processes.values():
-            if popen.poll() is None:
-                popen.send_signal(signal.SIGTERM)
-        for name, popen in self.processes.items():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout=max(0.1, 20 - (time.monotonic() - started)))
-            self.timings[f"stop {name}"] = time.monotonic() - started
-        for proc in [*stragglers, *self.members()]:
-            with contextlib.suppress(psutil.Error):
-                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                    proc.kill()
-        for popen in self.processes.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout=10)
-        psutil.wait_procs([p for p in stragglers if p.is_running()], timeout=10)
-        self.timings["stop"] = time.monotonic() - started
-
-
 @pytest.fixture
 def airflow_stack(tmp_path: Path, pg_server: EmbeddedPostgres, smtp_server: MailSink) -> Iterator[AirflowStack]:
     """api-server, scheduler, dag-processor and triggerer with a fresh metadata database; all stopped afterwards."""
-    metadata_db = f"airflow_deadline_{secrets.token_hex(4)}"
-    pg_server.create_database(metadata_db)
     (tmp_path / "dags").mkdir()
     (tmp_path / "dags" / "late_backup.py").write_text(textwrap.dedent(LATE_DAG))
-    home = tmp_path / "airflow-home"
-    home.mkdir()
-    port = _free_port()
-    api_url = f"http://127.0.0.1:{port}"
-    # Nothing of this test session's own Airflow settings (unit test mode, its SQLite home) leaks in.
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AIRFLOW", "BACKUP_OPS", "_AIRFLOW")) and k != "PYTHONPATH"}
-    env.update({
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),  # the only way backup_ops is importable
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+    extra = {
         "AIRFLOW__CORE__PARALLELISM": "2",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url}/execution/",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__WORKERS": "1",
-        "AIRFLOW__API__BASE_URL": api_url,
-        "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_server.conn_uri(metadata_db).replace(
-            "postgresql://", "postgresql+psycopg://", 1),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE": "2",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW": "4",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "BACKUP_OPS_CONFIG": str(write_config(tmp_path)),
         f"AIRFLOW_CONN_{SMTP_CONN_ID.upper()}": os.environ[f"AIRFLOW_CONN_{SMTP_CONN_ID.upper()}"],
-    })
-    stack = AirflowStack(home, env, api_url)
-    started = time.monotonic()
-    try:
-        stack.run("db", "migrate")
-        stack.timings["migrate"] = time.monotonic() - started
+    }
+    with running_airflow(pg_server, tmp_path, dags_folder=tmp_path / "dags", name="deadline", extra=extra) as stack:
         stack.start("api-server", "api-server")
         stack.start("scheduler", "scheduler", "--skip-serve-logs")
         stack.start("dag-processor", "dag-processor")
         stack.start("triggerer", "triggerer", "--skip-serve-logs")
-        stack.wait_for("the api-server", lambda: requests.get(f"{api_url}/api/v2/monitor/health", timeout=5).ok, 120)
-        stack.timings["api-server up"] = time.monotonic() - started
+        stack.wait_for_api()
         yield stack
-    finally:
-        stack.stop()
-        pg_server.drop_database(metadata_db)
 
 
 @pytest.mark.slow

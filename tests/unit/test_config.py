@@ -54,13 +54,14 @@ def test_shipped_config_has_the_deployment_defaults(monkeypatch):
     assert {"storage/app/certificates", "storage/app/public/uploads", ".env", "storage/logs", "config"} == included
     assert config.backup.password == SecretRef("variable", "backup_archive_password")
     assert config.backup.encryption == "aes256"
+    assert config.backup.databases[0].compression == Compression("gzip", 3)
 
 
 def test_defaults_when_optional_sections_are_missing():
     config = parse_config(minimal())
     assert config.backup.encryption == "none"          # no password → no encryption
     assert config.backup.databases[0].format == "plain"
-    assert config.backup.databases[0].compression == Compression("gzip", 6)
+    assert config.backup.databases[0].compression == Compression("gzip", 3)  # ISA-L's best level
     assert config.backup.destination.continue_on_failure is False
     assert config.backup.files.follow_links is False
     assert config.backup.files.ignore_unreadable_directories is False
@@ -96,6 +97,8 @@ def test_env_expansion_and_relative_includes(monkeypatch, tmp_path):
          "backup.source.databases[0].format must be one of 'plain', 'custom', got 'tar'."),
         ("backup.source.databases.0", {"conn_id": "x", "compression": "gzip:11"},
          "backup.source.databases[0].compression must be gzip level 1–9, got 'gzip:11'."),
+        ("backup.source.databases.0", {"conn_id": "x", "compression": "zstd:22"},
+         "backup.source.databases[0].compression must be zstd level 1–19, got 'zstd:22'."),
         ("backup.source.databases.0", {"conn_id": "x", "compression": "brotli"},
          "backup.source.databases[0].compression must be 'none', 'gzip[:1-9]'"),
         ("backup.source.databases.0", {"conn_id": "x", "include_tables": ["a"], "exclude_tables": ["b"]},
@@ -193,7 +196,10 @@ def test_compression_forms():
             .backup.databases[0].compression
 
     assert comp(9) == Compression("gzip", 9)
+    assert comp("gzip") == comp(None) == Compression() == Compression("gzip", 3)  # a bare gzip: the default level
+    assert comp(" GZIP:1 ") == Compression("gzip", 1)
     assert comp("zstd") == Compression("zstd", 3)
+    assert comp("zstd:19") == Compression("zstd", 19)
     assert comp("lz4:4") == Compression("lz4", 4)
     assert comp("none") == Compression("none", 0)
     assert str(comp("gzip:1")) == "gzip:1"
@@ -246,7 +252,7 @@ def test_extra_args_refuse_every_spelling_of_reserved_options_and_positionals(ex
 @pytest.mark.parametrize("extra_args", [
     ["--no-comments"], ["-v", "--no-owner"], ["-N", "audit"], ["-Naudit"], ["--schema", "public"],
     ["--exclude-table-data=invoice_items"], ["--table-and-children=x"], ["--lock-wait-timeout", "5s"],
-    ["-Ox"], ["--statistics"], ["--no-sync"], ["--rows-per-insert=100", "--inserts"],
+    ["-Ox"], ["--statistics"], ["--no-sync"], ["--quote-all-identifiers"],
 ])
 def test_extra_args_accept_options_backup_ops_does_not_set(extra_args):
     source = parse_config(with_value("backup.source.databases.0", {"conn_id": "x", "extra_args": extra_args}))

@@ -30,6 +30,7 @@ from backup_ops.core.config.model import (
     SecretRef,
     SlackChannel,
     TableRules,
+    UiSettings,
     WebhookChannel,
 )
 from backup_ops.core.config.node import ConfigNode
@@ -40,7 +41,8 @@ from backup_ops.core.pg_dump_args import extra_args_problem
 CONFIG_ENV = "BACKUP_OPS_CONFIG"
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[4] / "include" / "backup_config.yaml"
 
-_COMPRESSION_LEVELS = {"gzip": (1, 9), "zstd": (1, 22), "lz4": (1, 12)}
+# zstd's levels 20–22 ("ultra") need 160–640 MB per worker, more than a backup may take (150 MB RSS).
+_COMPRESSION_LEVELS = {"gzip": (1, 9), "zstd": (1, 19), "lz4": (1, 12)}
 MAX_DEADLINE_MINUTES = 23 * 60  # backup_daily's dagrun_timeout
 
 
@@ -76,13 +78,14 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> BackupConfig:
     """Validate a config mapping (as read from YAML) into a BackupConfig."""
     root = ConfigNode(raw, "", base_dir or Path.cwd())
     root.require_mapping()
-    root.only_keys({"backup", "cleanup", "monitor", "notifications", "restore_drill"})
+    root.only_keys({"backup", "cleanup", "monitor", "notifications", "restore_drill", "ui"})
     return BackupConfig(
         backup=_parse_backup(root.child("backup", required=True)),
         cleanup=_parse_cleanup(root.child("cleanup")),
         monitor=_parse_monitor(root.child("monitor")),
         notifications=_parse_notifications(root.child("notifications")),
         restore_drill=_parse_restore_drill(root.child("restore_drill")),
+        ui=_parse_ui(root.child("ui")),
     )
 
 
@@ -243,15 +246,15 @@ def _parse_compression(node: ConfigNode) -> Compression:
     elif isinstance(value, str):
         text = value.strip().lower()
     else:
-        node.fail("a string such as 'gzip:6', 'zstd:3', 'lz4' or 'none', or a gzip level 1–9")
+        node.fail("a string such as 'gzip:3', 'zstd:3', 'lz4' or 'none', or a gzip level 1–9")
     if text in ("none", "0", "gzip:0"):
         return Compression("none", 0)
     method, _, level_text = text.partition(":")
     if method not in _COMPRESSION_LEVELS:
-        node.fail("'none', 'gzip[:1-9]', 'zstd[:1-22]' or 'lz4[:1-12]'")
+        node.fail("'none', 'gzip[:1-9]', 'zstd[:1-19]' or 'lz4[:1-12]'")
     low, high = _COMPRESSION_LEVELS[method]
     if not level_text:
-        return Compression(method, {"gzip": 6, "zstd": 3, "lz4": 1}[method])  # type: ignore[arg-type]
+        return Compression(method, {"gzip": Compression().level, "zstd": 3, "lz4": 1}[method])  # type: ignore[arg-type]
     if not level_text.isdigit() or not low <= int(level_text) <= high:
         node.fail(f"{method} level {low}–{high}")
     return Compression(method, int(level_text))  # type: ignore[arg-type]
@@ -583,3 +586,17 @@ def _parse_webhook_channel(node: ConfigNode) -> WebhookChannel | None:
     endpoint = node.child("endpoint")
     return WebhookChannel(conn_id=node.child("conn_id").name(default=WebhookChannel.conn_id),
                           endpoint=endpoint.string() if endpoint.present and endpoint.value is not None else None)
+
+
+def _parse_ui(node: ConfigNode) -> UiSettings:
+    """``ui``: the backup-ops page and ``/backup-ops/health`` (absent or null: the defaults)."""
+    defaults = UiSettings()
+    if not node.present or node.value is None:
+        return defaults
+    node.require_mapping()
+    node.only_keys({"cache_seconds", "health_requires_auth", "page_size"})
+    return UiSettings(
+        cache_seconds=node.child("cache_seconds").integer(default=defaults.cache_seconds, minimum=0, maximum=3600),
+        health_requires_auth=node.child("health_requires_auth").boolean(default=defaults.health_requires_auth),
+        page_size=node.child("page_size").integer(default=defaults.page_size, minimum=1, maximum=500),
+    )
