@@ -5,10 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 UV_VERSION := 0.13.9
 
-.PHONY: demo test lint typecheck unit tools bench lock clean help
+.PHONY: demo up test lint typecheck unit tools bench lock clean help
 
 help:
 	@echo "make demo   - install everything, start a throwaway PostgreSQL + S3 endpoint, run the real DAGs"
+	@echo "make up     - a local Airflow with the DAGs and the Backups page (demo services, a first backup) until Ctrl-C"
 	@echo "make test   - install what tests need, then lint, type-check and run the whole suite"
 	@echo "make bench  - benchmarks: backup against pg_dump | gzip, restore drill against gunzip | psql"
 	@echo "make lock   - re-pin requirements*.txt from requirements*.in"
@@ -22,10 +23,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 # 7-Zip is what users open encrypted archives with, and rsync what docs/BACKUP_RESTORE.md puts files
 # back with; the tests run both, so a missing one is installed (Debian packages 7zip and rsync).
+# Chromium, headless, loads the Backups page in tests/ui (Debian package chromium).
 tools:
 	@missing=""; \
 	command -v 7zz >/dev/null 2>&1 || command -v 7z >/dev/null 2>&1 || missing="$$missing 7zip"; \
 	command -v rsync >/dev/null 2>&1 || missing="$$missing rsync"; \
+	command -v zstd >/dev/null 2>&1 || missing="$$missing zstd"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "Installing:$$missing (Debian packages)"; \
@@ -35,6 +39,9 @@ tools:
 
 demo: $(STAMP)
 	$(BIN)/python -m devtools.demo
+
+up: $(STAMP)
+	$(BIN)/python -m devtools.up
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

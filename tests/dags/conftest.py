@@ -52,7 +52,7 @@ def backup_env(tmp_path_factory: Any, pg_server: Any, airflow_db: None) -> Any:
             "source": {
                 "files": {"relative_path": str(app), "include": ["storage/app", ".env", "config", "storage/logs"],
                           "exclude": ["storage/framework"]},
-                "databases": [{"conn_id": "app_db", "format": "plain", "compression": "gzip:6"}],
+                "databases": [{"conn_id": "app_db", "format": "plain"}],  # the default compression
                 "pg_bin_dir": str(pg_server.bin_dir),
             },
             "destination": {"destinations": [{"name": "local", "type": "local", "path": str(base / "backups")}]},

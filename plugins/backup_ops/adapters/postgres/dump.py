@@ -23,9 +23,11 @@ name is ``core.dump_member``'s):
 * plain + gzip: ``postgresql-<db>.sql.gz``. pg_dump writes SQL to a pipe and this process gzips it
   as it streams (1 MiB chunks, mtime 0; the engine per level is ``core.compression``'s), so
   compression runs in parallel with pg_dump as ``pg_dump | gzip`` would.
+* plain + zstd: ``postgresql-<db>.sql.zst``, a standard zstd frame compressed here the same way
+  (zstandard, multi-threaded), so it does not depend on how pg_dump was built.
 * plain + none: ``postgresql-<db>.sql``.
-* plain + zstd / lz4: ``postgresql-<db>.sql.zst`` / ``.sql.lz4``, compressed by pg_dump itself
-  (``--compress=zstd:N``), which needs pg_dump 16 or later built with that library.
+* plain + lz4: ``postgresql-<db>.sql.lz4``, compressed by pg_dump itself (``--compress=lz4:N``),
+  which needs pg_dump 16 or later built with that library.
 * custom: ``postgresql-<db>.dump`` with ``--format=custom --compress=<method>:<level>``.
 
 Beside the dump, what it needs on an empty server (see ``globals_capture``), read in the same
@@ -57,7 +59,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
@@ -69,7 +70,8 @@ from backup_ops.adapters.postgres.readback import TAIL_BYTES, CheckKind, unreada
 from backup_ops.adapters.postgres.snapshot import SnapshotSession
 from backup_ops.adapters.postgres.target import APP_NAME, PgTarget, connect, redact
 from backup_ops.adapters.postgres.tools import check_versions, pg_tool, read_tail, tool_version
-from backup_ops.core.config import DatabaseSource
+from backup_ops.core.compression import compressor_for, engine
+from backup_ops.core.config import Compression, DatabaseSource
 from backup_ops.core.copy_rows import CopyBlock, CopyRowCounter, CopyStreamError
 from backup_ops.core.dump_member import DUMP_DIR, dump_file_name
 from backup_ops.core.errors import DumpError
@@ -218,7 +220,7 @@ class DumpJob:
                         "by hand: %s", who, " ".join(notes))
         log.info(
             "Dumped %s: %d tables, %d rows, %d bytes (%s) in %.1f s (%.1f MB/s of output; read-back check %.1f s) "
-            "as %s%s", who, len(stats), result.total_rows, written.size, result.compression, dump_s,
+            "as %s%s", who, len(stats), result.total_rows, written.size, engine(source.compression), dump_s,
             written.size / 1e6 / max(dump_s, 1e-6), finished - dumped, result.member_name,
             f", beside it the {len(captured.roles)} role{'' if len(captured.roles) == 1 else 's'} it refers to and the "
             "database's settings, for an empty server" if captured is not None else "",
@@ -278,7 +280,7 @@ class DumpJob:
                 if stdout is None:  # cannot happen with stdout=PIPE; keeps the type checker honest
                     raise DumpError(f"pg_dump for {who} has no output pipe; this is a bug in backup-ops.")
                 try:
-                    written = _write_stream(stdout, out_path, settings.plan.gzip_level,
+                    written = _write_stream(stdout, out_path, settings.plan.compress,
                                             count=settings.plan.check in ("sql", "gzip"))
                 except OSError as exc:
                     write_error = exc
@@ -385,7 +387,7 @@ class _OutputPlan:
 
     file_name: str
     pg_dump_args: tuple[str, ...]
-    gzip_level: int | None  # compress in this process with zlib; None: write pg_dump's bytes as they come
+    compress: Compression | None  # compressed in this process (gzip, zstd); None: pg_dump's bytes as they come
     check: CheckKind
 
 
@@ -393,7 +395,8 @@ def _plan_output(source: DatabaseSource, dbname: str, major: int, version: str, 
     compression = source.compression
     file_name = dump_file_name(dbname, source)
     spec = "none" if compression.method == "none" else f"{compression.method}:{compression.level}"
-    if compression.method in ("zstd", "lz4") and major < 16:
+    in_process = source.format == "plain" and compression.method in ("gzip", "zstd")
+    if compression.method in ("zstd", "lz4") and major < 16 and not in_process:
         raise DumpError(
             f"Compression {spec} for {who} needs pg_dump 16 or later, but pg_dump is {version}; "
             "use gzip, or set backup.source.pg_bin_dir to a newer PostgreSQL client.", retryable=False,
@@ -403,8 +406,10 @@ def _plan_output(source: DatabaseSource, dbname: str, major: int, version: str, 
         legacy = "0" if compression.method == "none" else str(compression.level)
         return _OutputPlan(file_name, ("--format=custom", f"--compress={spec if major >= 16 else legacy}"),
                            None, "custom")
-    if compression.method == "gzip":
-        return _OutputPlan(file_name, ("--format=plain",), compression.level, "gzip")
+    if in_process:
+        # Plain SQL streams through this process: compressed here, and checked and counted on the stream.
+        check: CheckKind = "gzip" if compression.method == "gzip" else "sql"
+        return _OutputPlan(file_name, ("--format=plain",), compression, check)
     if compression.method == "none":
         return _OutputPlan(file_name, ("--format=plain",), None, "sql")
     return _OutputPlan(file_name, ("--format=plain", f"--compress={spec}"), None, compression.method)
@@ -429,13 +434,13 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _write_stream(stream: IO[bytes], out_path: Path, gzip_level: int | None, *, count: bool) -> _Written:
+def _write_stream(stream: IO[bytes], out_path: Path, compress: Compression | None, *, count: bool) -> _Written:
     """Copy ``stream`` to a new 0600 file in 1 MiB chunks, compressing, hashing and (``count``) counting rows."""
     digest = hashlib.sha256()
     size = 0
     input_bytes = 0
-    # wbits=31: a gzip container; zlib writes mtime 0 and no file name, so equal input gives equal bytes.
-    compressor = zlib.compressobj(gzip_level, zlib.DEFLATED, 31) if gzip_level is not None else None
+    # gzip: mtime 0 and no file name in the header, so equal input gives equal bytes (core.compression).
+    compressor = compressor_for(compress) if compress is not None else None
     fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with open(fd, "wb") as out:
         def emit(data: bytes) -> None:

@@ -1,14 +1,16 @@
 """Loading a dump from a backup archive into an existing, empty database: streamed, one transaction, checked.
 
 * plain (``.sql.gz`` / ``.sql`` / ``.sql.zst`` / ``.sql.lz4``): the member is streamed out of the
-  archive (decrypted, decompressed in this process, or by ``zstd``/``lz4`` for those) straight into
+  archive (decrypted, then decompressed in this process: gzip through ISA-L, zstd through zstandard,
+  ``backup_ops.core.compression``; lz4 by the ``lz4`` tool) straight into
   ``psql -X -v ON_ERROR_STOP=1``, never written to disk; a reader thread decrypts and decompresses
   the next chunks while psql works, through a 1 MiB pipe. The load is one transaction, exactly as
   ``psql --single-transaction`` makes it, except that ``BEGIN`` and ``COMMIT`` are sent by this
   process around the dump: ``--single-transaction`` commits whatever it read when its input ends,
   so a killed worker (its pipe closed mid-dump) would leave a half-loaded database committed. Here
   ``COMMIT`` is sent only after the last byte decompressed and the member's AES HMAC (or CRC) and
-  the gzip trailer checked out; anything else kills psql, and the transaction rolls back.
+  the gzip trailer (or zstd frame end and checksum) checked out; anything else kills psql, and the
+  transaction rolls back.
 * custom (``.dump``): the member is extracted safely into the working directory and loaded with
   ``pg_restore -j <jobs> --exit-on-error`` (one job: ``--single-transaction``), then removed.
 
@@ -29,7 +31,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from backup_ops.adapters.postgres.client_env import ClientLogin
 from backup_ops.adapters.postgres.target import APP_NAME, PgTarget, redact
 from backup_ops.adapters.postgres.tools import clean_env, pg_tool, read_tail
 from backup_ops.core.archive_read import DEFAULT_PASSWORD_SOURCE, open_member
+from backup_ops.core.compression import IN_PROCESS_METHODS, decompress_chunks
 from backup_ops.core.errors import ArchiveError, DumpError, VerificationError
 from backup_ops.core.extract import safe_extract
 from backup_ops.core.fileio import CHUNK_SIZE
@@ -51,7 +53,7 @@ _STDERR_LINES = 4
 _PIPE_SIZE = 1 << 20
 _QUEUED_CHUNKS = 8
 _F_SETPIPE_SZ = 1031
-_DECOMPRESSORS = {"zstd": ("zstd", "-dcq"), "lz4": ("lz4", "-dcq")}
+_LZ4 = ("lz4", "-dcq")  # pg_dump's own lz4 compression; no in-process decompressor for it
 
 
 def load_dump(target: PgTarget, conn_id: str, archive: Path, database: ManifestDatabase, *, password: bytes | None,
@@ -91,44 +93,17 @@ def _member_chunks(archive: Path, member: str, method: str, password: bytes | No
     """The dump's SQL in chunks: decrypted, decompressed, every integrity check passed when it ends."""
     with open_member(archive, member, password, password_source=password_source) as stream:
         raw = iter(lambda: stream.read(CHUNK_SIZE), b"")
-        if method in ("none", ""):
-            yield from raw
-        elif method == "gzip":
-            yield from _gunzip(raw, member)
-        elif method in _DECOMPRESSORS:
-            yield from _filter(_DECOMPRESSORS[method], raw, member)
+        if method in IN_PROCESS_METHODS or method == "":
+            yield from decompress_chunks(raw, method, member)
+        elif method == "lz4":
+            yield from _filter(_LZ4, raw, member)
         else:
             raise ArchiveError(f"Dump {member!r} is compressed with {method!r}, which this backup-ops cannot "
                                "decompress; restore it by hand.", retryable=False)
 
 
-def _gunzip(chunks: Iterator[bytes], member: str) -> Iterator[bytes]:
-    """Decompress gzip members (one or more), at most CHUNK_SIZE out per step (a crafted member cannot bomb memory)."""
-    decompressor = zlib.decompressobj(31)
-    pending = False
-    try:
-        for chunk in chunks:
-            data = chunk
-            while data:
-                pending = True
-                out = decompressor.decompress(data, CHUNK_SIZE)
-                if out:
-                    yield out
-                if decompressor.eof:
-                    data = decompressor.unused_data
-                    decompressor, pending = zlib.decompressobj(31), False
-                else:
-                    data = decompressor.unconsumed_tail
-            while pending and not decompressor.eof and (out := decompressor.decompress(b"", CHUNK_SIZE)):
-                yield out
-    except zlib.error as exc:
-        raise VerificationError(f"Dump {member!r} is not valid gzip ({exc}): the archive is damaged.") from None
-    if pending and not decompressor.eof:
-        raise VerificationError(f"Dump {member!r} ends in the middle of its gzip stream: it is truncated.")
-
-
 def _filter(argv: Sequence[str], chunks: Iterator[bytes], member: str) -> Iterator[bytes]:
-    """Pipe ``chunks`` through a decompressor tool (zstd, lz4); its failure is the member's failure."""
+    """Pipe ``chunks`` through a decompressor tool (lz4); its failure is the member's failure."""
     tool = shutil.which(argv[0])
     if tool is None:
         raise ArchiveError(f"Dump {member!r} is compressed with {argv[0]}, which is not installed on this worker; "

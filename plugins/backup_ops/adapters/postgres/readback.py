@@ -3,9 +3,8 @@
 Completion: plain SQL that this process writes (gzip or uncompressed) must end with pg_dump's
 "dump complete" trailer, checked on the bytes as they streamed through (the file's sha256, taken
 while writing, is re-checked when the archive is built). zstd/lz4 SQL is decompressed from disk
-for the same check through the ``zstandard``/``lz4`` Python
-modules or else the ``zstd``/``lz4`` command-line tools; with neither, only the compressed
-stream's magic number is checked (and a warning is logged). Custom archives are read whole:
+for the same check: zstd in this process (``core.compression``, which also checks that the last frame
+ended), lz4 through the ``lz4`` Python module or else the ``lz4`` command-line tool. Custom archives are read whole:
 ``pg_restore --data-only`` writes every data block's rows (which reads and decompresses each of
 them) into ``core.copy_rows``'s counter, and the blocks read must be the table-of-contents' TABLE
 DATA entries (``pg_restore --list``), one each.
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 from backup_ops.adapters.postgres.tools import clean_env, read_tail
+from backup_ops.core.compression import DamagedStreamError, decompress_chunks
 from backup_ops.core.copy_rows import CopyBlock, CopyRowCounter, CopyStreamError
 from backup_ops.core.errors import DumpError
 from backup_ops.core.fileio import CHUNK_SIZE
@@ -105,7 +105,15 @@ def _decompressed_tail(path: Path, kind: CheckKind, fail: Callable[[str], DumpEr
         except CopyStreamError as exc:
             raise fail(str(exc)) from None
 
-    stream = _open_decompressed(path, kind)
+    if kind == "zstd":  # zstandard is a dependency
+        with path.open("rb") as handle:
+            try:
+                for chunk in decompress_chunks(iter(lambda: handle.read(CHUNK_SIZE), b""), "zstd", path.name):
+                    keep(chunk)
+            except DamagedStreamError as exc:
+                raise fail(f"it {exc.problem}") from None
+        return tail
+    stream = _open_lz4(path)
     if stream is not None:
         try:
             with stream:
@@ -129,14 +137,9 @@ def _decompressed_tail(path: Path, kind: CheckKind, fail: Callable[[str], DumpEr
     return tail
 
 
-def _open_decompressed(path: Path, kind: CheckKind) -> IO[bytes] | None:
-    """A streaming reader from the zstandard / lz4 Python modules, or None when not installed."""
+def _open_lz4(path: Path) -> IO[bytes] | None:
+    """A streaming reader from the lz4 Python module, or None when it is not installed."""
     try:
-        if kind == "zstd":
-            import zstandard
-
-            reader: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True)
-            return reader
         import lz4.frame
 
         frame_reader: IO[bytes] = lz4.frame.open(path, "rb")
