@@ -448,6 +448,8 @@ def main() -> None:
                         help="keep the PostgreSQL cluster, dumps and archives in the work directory")
     parser.add_argument("--exact-checks", choices=("sql", "great_expectations"), default="sql",
                         help="where the drill checks row counts and columns (restore_drill.exact_checks; default: sql)")
+    parser.add_argument("--results", type=Path, default=_REPO / "docs" / "bench" / "restore_drill.json",
+                        help="where to write every repeat's raw results (default: docs/bench/restore_drill.json)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     EXACT_CHECKS[0] = args.exact_checks
@@ -476,6 +478,33 @@ def main() -> None:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     print_report(results, versions)
+    if args.results is not None:
+        write_results(args.results, results, versions, args)
+
+
+def write_results(path: Path, results: list[FormatResult], versions: str, args: argparse.Namespace) -> None:
+    """Every repeat's raw measurements as JSON, so a later run can be compared with this one."""
+    data = {
+        "benchmark": "restore_drill", "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_summary(), "versions": versions, "exact_checks": EXACT_CHECKS[0],
+        "ratio_target": RATIO_TARGET, "sizes": args.sizes, "formats": args.formats, "repeat": args.repeat,
+        "results": [{
+            "size_mb": r.size_mb, "format": r.backup.format, "db_bytes": r.db_bytes,
+            "archive_bytes": r.backup.archive_bytes, "dump_bytes": r.backup.dump_bytes, "rows": r.backup.rows,
+            "tables": r.backup.tables, "load_averages": r.load_averages,
+            "median": {"ratio": round(r.median.ratio, 3), "steps_ratio": round(r.median.steps_ratio, 3)},
+            "peak_rss_mb": r.peak_rss_mb,
+            "repeats": [{"baseline": {"wall_s": round(p.baseline.process.wall_s, 3),
+                                      "cpu_s": round(p.baseline.process.cpu_s, 3),
+                                      "peak_rss_mb": p.baseline.process.peak_rss_mb},
+                         "drill": {"wall_s": round(p.drill.process.wall_s, 3), "cpu_s": round(p.drill.process.cpu_s, 3),
+                                   "peak_rss_mb": p.drill.process.peak_rss_mb, "child": p.drill.child},
+                         "ratio": round(p.ratio, 3), "steps_ratio": round(p.steps_ratio, 3)} for p in r.pairs],
+        } for r in results],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"Raw results written to {path}")
 
 
 if __name__ == "__main__":

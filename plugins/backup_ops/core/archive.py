@@ -142,6 +142,8 @@ def build_archive(
         raise ArchiveError(f"compression_level must be a whole number 0–9, got {compression_level!r}.")
     import pyzipper
 
+    from backup_ops.core.aes_keys import key_pool_zip_file
+
     target = Path(target)
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -154,7 +156,9 @@ def build_archive(
     try:
         os.fchmod(fd, 0o600)  # the umask can only remove bits; make 0600 exact whatever it is
         sink = HashingSink(fd, target)
-        zf = pyzipper.AESZipFile(sink, "w", compression=pyzipper.ZIP_STORED, allowZip64=True)
+        # Each encrypted member's WinZip AES keys are derived ahead in threads (core.aes_keys): the
+        # per-member PBKDF2 would otherwise stall the writer at every small file.
+        zf = key_pool_zip_file(sink, "w", compression=pyzipper.ZIP_STORED, allowZip64=True)
         writer = _ArchiveWriter(zf, password, nbits, compression_level, SkipTally(fail_on, log), sources)
         for dump in dumps:
             writer.add_dump(dump)
@@ -175,6 +179,7 @@ def build_archive(
             # The partial archive is deleted, so never let pyzipper write its central directory
             # (it would on close or garbage collection) and bury the original error.
             zf.fp = None
+            zf.stop_deriving()
         if fd >= 0:
             _close_quietly(fd)
         _remove(target)
