@@ -8,6 +8,7 @@ import io
 import logging
 import os
 import random
+import re
 import socket
 import stat
 import struct
@@ -522,6 +523,19 @@ def test_changed_staged_dump_fails(source: Path, staging: Path) -> None:
     with pytest.raises(ArchiveError, match="changed after it was dumped"):
         build(target, dumps=[dump], files=entries_of(source))
     assert not target.exists()
+
+
+def test_a_staged_dump_changed_in_place_is_caught_by_the_verification(source: Path, staging: Path) -> None:
+    # Same size, other bytes: the build does not hash the dump again (the dump step did, as it wrote it);
+    # the manifest carries that sha256, and decrypting the member at verification compares.
+    dump = make_dump(staging)
+    data = bytearray(Path(dump.staged_path).read_bytes())
+    data[-1] ^= 0xFF
+    Path(dump.staged_path).write_bytes(bytes(data))
+    target = staging / "changed.zip"
+    result = build(target, dumps=[dump], files=entries_of(source))
+    with pytest.raises(VerificationError, match=rf"{re.escape(dump.member_name)}.*(sha256|manifest)"):
+        verify_archive(target, password=PASSWORD, expected_sha256=result.sha256)
 
 
 def with_globals(dump: DumpResult, staging: Path) -> DumpResult:

@@ -250,7 +250,13 @@ class _ArchiveWriter:
                             deflate=self.level > 0)
 
     def add_staged(self, name: str, path: str, size: int, sha256: str, what: str, *, deflate: bool) -> None:
-        """Archive a file the dump step staged; refuse it when its bytes are not the ones the dump step recorded."""
+        """Archive a file the dump step staged; refuse it when it is not the size the dump step recorded.
+
+        Its bytes are not hashed again here: the dump step hashed them as it wrote them, the manifest
+        records that sha256, and the archive's verification decrypts the member and compares (a file
+        changed on the staging disk since fails there, before anything is published). One hash where
+        the bytes are produced, one check where they land.
+        """
         try:
             src, st = _open_regular(Path(path))
         except OSError as exc:
@@ -258,12 +264,10 @@ class _ArchiveWriter:
         if src is None:
             raise ArchiveError(f"Cannot archive {what}: it is not a regular file.")
         with src:
-            member = self.write_file(name, src, st, what, deflate=deflate)
-        if member.size != size or (sha256 and member.sha256 != sha256):
-            raise ArchiveError(
-                f"The {what} changed after it was dumped: expected {size} bytes with sha256 {sha256}, "
-                f"read {member.size} bytes with sha256 {member.sha256}; run the backup again."
-            )
+            member = self.write_file(name, src, st, what, deflate=deflate, known_sha256=sha256 or None)
+        if member.size != size:
+            raise ArchiveError(f"The {what} changed after it was dumped: expected {size} bytes, read {member.size}; "
+                               "run the backup again.")
 
     def add_entry(self, entry: SelectedEntry | SkippedFile) -> None:
         if isinstance(entry, SkippedFile):
@@ -324,10 +328,12 @@ class _ArchiveWriter:
 
     # -- low level
 
-    def write_file(self, name: str, src: BinaryIO, st: os.stat_result, what: str, *, deflate: bool) -> MemberInfo:
+    def write_file(self, name: str, src: BinaryIO, st: os.stat_result, what: str, *, deflate: bool,
+                   known_sha256: str | None = None) -> MemberInfo:
+        """Add ``src`` as member ``name``, hashing it as it is read, unless its sha256 is ``known_sha256`` already."""
         zinfo = self.new_member(name, st.st_mtime, stat.S_IFREG | stat.S_IMODE(st.st_mode), deflate=deflate,
                                 encrypt=True)
-        sha = hashlib.sha256()
+        sha = hashlib.sha256() if known_sha256 is None else None
         size = 0
         # Read at most the size seen at open (as tar does): a file that keeps growing, such as a
         # busy log, would otherwise keep the archive open for ever. Shrinking stops early. Either
@@ -340,10 +346,11 @@ class _ArchiveWriter:
                     raise ArchiveError(f"Reading {what} failed mid-way: {exc.strerror or exc}.") from exc
                 if not chunk:
                     break
-                sha.update(chunk)
+                if sha is not None:
+                    sha.update(chunk)
                 dst.write(chunk)
                 size += len(chunk)
-        member = MemberInfo(name, size, sha.hexdigest(), deflate)
+        member = MemberInfo(name, size, sha.hexdigest() if sha is not None else str(known_sha256), deflate)
         self.members.append(member)
         return member
 
