@@ -14,6 +14,17 @@ is pyzipper's own: ``AESZipFile.get_encrypter`` builds the encrypter of each mem
 writing, and the zip file ``key_pool_zip_file`` opens builds it from a pre-derived key. Key material
 stays inside these objects: it has no repr, is never logged, and the keys derived but not used are
 dropped on close. pyzipper is imported on first use, so importing this module stays cheap.
+
+Reading is the same cost the other way round, and the same zip file class serves it. A member's
+salt sits in its local header, before its data, and the central directory gives every header's
+offset; so once a reader knows which members it will read in which order (``derive_keys_ahead``),
+threads read the next members' salts (``os.pread`` on the archive's descriptor: no shared file
+position) and derive their keys while the current member is decrypted. A key is used only for the
+salt it was derived from, compared with the salt pyzipper reads when it opens the member; anything
+else (a member out of order, a file object without a descriptor, a header the thread could not
+read) is derived on the spot as before. The two-byte password verifier is checked per member
+exactly as pyzipper checks it, with pyzipper's error. Every member read, ahead or not, is decrypted
+with pyzipper's AES-CTR and authenticated with the standard library's HMAC-SHA1.
 """
 
 from __future__ import annotations
@@ -22,7 +33,9 @@ import functools
 import hashlib
 import hmac
 import os
+import struct
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
@@ -31,6 +44,9 @@ SALT_BYTES = {128: 8, 192: 12, 256: 16}
 AES_STRENGTH = {128: 1, 192: 2, 256: 3}  # the AE extra field's strength code
 VERIFIER_BYTES = 2
 MAX_WORKERS = 4
+NBITS_OF_STRENGTH = {code: nbits for nbits, code in AES_STRENGTH.items()}
+LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip local file header; its name and extra field follow
+LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
 
 
 class DerivedKey:
@@ -50,7 +66,11 @@ def derive_key(password: bytes, nbits: int) -> DerivedKey:
     """A fresh random salt and the WinZip AES key material of ``password`` for it (``nbits``: 128, 192, 256)."""
     if nbits not in SALT_BYTES:
         raise ValueError(f"nbits must be 128, 192 or 256, got {nbits!r}.")
-    salt = os.urandom(SALT_BYTES[nbits])
+    return derive_key_for_salt(password, os.urandom(SALT_BYTES[nbits]), nbits)
+
+
+def derive_key_for_salt(password: bytes, salt: bytes, nbits: int) -> DerivedKey:
+    """The WinZip AES key material of ``password`` for a member's ``salt``: PBKDF2-HMAC-SHA1, 1000 iterations."""
     length = 2 * (nbits // 8) + VERIFIER_BYTES
     return DerivedKey(salt, hashlib.pbkdf2_hmac("sha1", password, salt, PBKDF2_ITERATIONS, length))
 
@@ -122,13 +142,107 @@ class AESKeyPool:
         self.close()
 
 
-def key_pool_zip_file(file: Any, mode: str = "w", **kwargs: Any) -> Any:
-    """A pyzipper ``AESZipFile`` whose WinZip AES members take their keys from an AESKeyPool derived ahead.
+def read_salt(fd: int, header_offset: int, salt_length: int) -> bytes | None:
+    """The salt of the member whose local header is at ``header_offset`` of ``fd``; None if it cannot be read."""
+    header = os.pread(fd, LOCAL_HEADER.size, header_offset)
+    if len(header) != LOCAL_HEADER.size:
+        return None
+    fields = LOCAL_HEADER.unpack(header)
+    if fields[0] != LOCAL_HEADER_SIGNATURE:
+        return None
+    salt = os.pread(fd, salt_length, header_offset + LOCAL_HEADER.size + fields[-2] + fields[-1])
+    return salt if len(salt) == salt_length else None
 
-    The pool starts at the first encrypted member, for the password and key size set with
-    ``setpassword``/``setencryption(WZ_AES, nbits=…)``, and stops on ``close()`` or
-    ``stop_deriving()`` (idempotent; call it when abandoning the file unclosed). A member with
-    other encryption settings gets pyzipper's own encrypter.
+
+def _derive_member_key(fd: int, password: bytes, header_offset: int, nbits: int) -> DerivedKey | None:
+    try:
+        salt = read_salt(fd, header_offset, SALT_BYTES[nbits])
+    except (OSError, OverflowError, ValueError):
+        return None  # the reader meets the same problem when it opens the member, and reports it
+    return None if salt is None else derive_key_for_salt(password, salt, nbits)
+
+
+class MemberKeysAhead:
+    """The keys of an archive's encrypted members, derived ahead in threads in the order they will be read.
+
+    ``plan(fd, password, members)`` gives the archive's descriptor and the members to be read, in
+    order, as (local header offset, key bits); ``material_for`` hands a member's key material to its
+    decrypter when its salt matches, and keeps ``ahead`` keys in flight past it. Members skipped by
+    the reader are dropped. ``close()`` cancels what has not started and waits for the rest (a few ms).
+    A deep queue (8 per thread) keeps the threads busy through runs of tiny members, where the
+    reader would otherwise wait for each key.
+    """
+
+    def __init__(self, *, workers: int | None = None, ahead: int | None = None) -> None:
+        self.workers = workers if workers is not None else default_workers()
+        self.ahead = ahead if ahead is not None else 8 * self.workers
+        if self.workers < 1 or self.ahead < 1:
+            raise ValueError(f"workers and ahead must be at least 1, got {self.workers} and {self.ahead}.")
+        self._executor: ThreadPoolExecutor | None = None
+        self._fd = -1
+        self._password = b""
+        self._members: list[tuple[int, int]] = []
+        self._index: dict[int, int] = {}
+        self._queue: deque[tuple[int, Future[DerivedKey | None]]] = deque()
+        self._next = 0
+
+    def __repr__(self) -> str:
+        return f"MemberKeysAhead(workers={self.workers}, ahead={self.ahead}, planned={len(self._members)})"
+
+    def plan(self, fd: int, password: bytes, members: Iterable[tuple[int, int]]) -> None:
+        """Start deriving the keys of ``members`` ((header offset, nbits), in reading order) of the archive ``fd``."""
+        self.close()
+        self._fd, self._password = fd, password
+        self._members = list(members)
+        self._index = {offset: i for i, (offset, _) in enumerate(self._members)}
+        self._next = 0
+        self._fill()
+
+    def material_for(self, header_offset: int, password: bytes, salt: bytes) -> bytes | None:
+        """The key material derived ahead for the member at ``header_offset``, if for ``password`` and ``salt``."""
+        i = self._index.get(header_offset)
+        if i is None:
+            return None
+        while self._queue and self._queue[0][0] < i:  # members the reader skipped
+            self._queue.popleft()[1].cancel()
+        future = self._queue.popleft()[1] if self._queue and self._queue[0][0] == i else None
+        self._next = max(self._next, i + 1)
+        self._fill()
+        key = future.result() if future is not None else None
+        if key is None or not hmac.compare_digest(password, self._password) \
+                or not hmac.compare_digest(key.salt, salt):
+            return None
+        return key.material
+
+    def _fill(self) -> None:
+        while len(self._queue) < self.ahead and self._next < len(self._members):
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="aes-key-read")
+            offset, nbits = self._members[self._next]
+            self._queue.append((self._next, self._executor.submit(_derive_member_key, self._fd, self._password,
+                                                                  offset, nbits)))
+            self._next += 1
+
+    def close(self) -> None:
+        """Stop deriving and drop the keys not used; idempotent. Call it before the archive's file is closed."""
+        queue, self._queue = self._queue, deque()
+        for _, future in queue:
+            future.cancel()
+        self._members, self._index, self._password, self._next = [], {}, b"", 0
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+
+def key_pool_zip_file(file: Any, mode: str = "w", **kwargs: Any) -> Any:
+    """A pyzipper ``AESZipFile`` whose WinZip AES members take their keys from threads deriving ahead.
+
+    Writing: the pool starts at the first encrypted member, for the password and key size set with
+    ``setpassword``/``setencryption(WZ_AES, nbits=…)``. A member with other encryption settings
+    gets pyzipper's own encrypter. Reading (``mode="r"``): every WinZip AES member is decrypted with
+    the standard library's HMAC-SHA1; after ``derive_keys_ahead(infos)`` (the members about to be
+    read, in order) their keys are derived in threads, with the password set by ``setpassword``.
+    Both stop on ``close()`` or ``stop_deriving()`` (idempotent; call it when abandoning the file unclosed).
     """
     return _pyzipper_hook().zip_file(file, mode, **kwargs)
 
@@ -138,17 +252,32 @@ def prederived_encrypter(key: DerivedKey, nbits: int) -> Any:
     return _pyzipper_hook().encrypter(key, nbits)
 
 
+def prederived_decrypter(zinfo: Any, pwd: bytes, encryption_header: bytes, material: bytes | None = None) -> Any:
+    """pyzipper's WinZip AES decrypter for one member, from ``material`` (derived here when None)."""
+    return _pyzipper_hook().decrypter(zinfo, pwd, encryption_header, material)
+
+
 class _Hook(NamedTuple):
     encrypter: Any
+    decrypter: Any
     zip_file: Any
 
 
 @functools.cache
 def _pyzipper_hook() -> _Hook:
-    """The two pyzipper subclasses, defined on first use (pyzipper is heavy to import)."""
+    """The pyzipper subclasses, defined on first use (pyzipper is heavy to import)."""
     from Cryptodome.Cipher import AES
     from Cryptodome.Util import Counter
-    from pyzipper.zipfile_aes import WZ_AES, AESZipEncrypter, AESZipFile
+    from pyzipper.zipfile_aes import (
+        WZ_AES,
+        WZ_AES_V2,
+        WZ_KEY_LENGTHS,
+        WZ_SALT_LENGTHS,
+        AESZipDecrypter,
+        AESZipEncrypter,
+        AESZipExtFile,
+        AESZipFile,
+    )
 
     class PrederivedAESEncrypter(AESZipEncrypter):
         """``AESZipEncrypter`` set up from a pre-derived key.
@@ -174,12 +303,78 @@ def _pyzipper_hook() -> _Hook:
                                      counter=Counter.new(nbits=128, little_endian=True))
             self.hmac = hmac.new(key.material[key_length:2 * key_length], digestmod="sha1")
 
+    class PrederivedAESDecrypter(AESZipDecrypter):
+        """``AESZipDecrypter`` from key material derived ahead (or here), with the standard library's HMAC-SHA1.
+
+        Its ``__init__`` derives with pycryptodome's PBKDF2 and HMAC, so it is not called: this sets
+        the same attributes (``tests/unit/test_aes_keys.py`` checks they stay the same set) and checks
+        the password verifier the same way, with the same error. Decrypting (pyzipper's AES-CTR) and
+        the HMAC check at the end are pyzipper's own methods.
+        """
+
+        def __init__(self, zinfo: Any, pwd: bytes, encryption_header: bytes, material: bytes | None = None) -> None:
+            self.filename = zinfo.filename
+            key_length = WZ_KEY_LENGTHS[zinfo.wz_aes_strength]
+            salt_length = WZ_SALT_LENGTHS[zinfo.wz_aes_strength]
+            # As pyzipper: a header cut short (truncated archive) fails here with struct.error.
+            salt = struct.unpack(f"<{salt_length}s", encryption_header[:salt_length])[0]
+            if material is None or len(material) != 2 * key_length + VERIFIER_BYTES:
+                material = derive_key_for_salt(pwd, salt, 8 * key_length).material
+            if material[2 * key_length:] != encryption_header[salt_length:]:
+                raise RuntimeError(f"Bad password for file {zinfo.filename!r}")  # pyzipper's sentence
+            self.decypter = AES.new(material[:key_length], AES.MODE_CTR,
+                                    counter=Counter.new(nbits=128, little_endian=True))
+            self.hmac = hmac.new(material[key_length:2 * key_length], digestmod="sha1")
+
+    class PrederivedAESExtFile(AESZipExtFile):
+        """``AESZipExtFile`` whose WinZip AES decrypter is PrederivedAESDecrypter, keyed ahead when it can be."""
+
+        def __init__(self, *args: Any, keys_ahead: MemberKeysAhead | None = None, **kwargs: Any) -> None:
+            self._keys_ahead = keys_ahead
+            super().__init__(*args, **kwargs)
+
+        def setup_aeszipdecrypter(self) -> Any:
+            super().setup_aeszipdecrypter()  # reads the salt and verifier, adjusts the sizes
+            return PrederivedAESDecrypter
+
+        def get_decrypter(self) -> Any:
+            if self._decrypter_cls is not PrederivedAESDecrypter:
+                return super().get_decrypter()
+            salt = self.encryption_header[:WZ_SALT_LENGTHS[self._zinfo.wz_aes_strength]]
+            material = None
+            if self._keys_ahead is not None and self._pwd:
+                material = self._keys_ahead.material_for(self._zinfo.header_offset, self._pwd, salt)
+            return PrederivedAESDecrypter(self._zinfo, self._pwd, self.encryption_header, material)
+
+        def _update_crc(self, newdata: bytes) -> None:
+            # An AE-2 member records CRC 0 and pyzipper's check_integrity then checks only the HMAC:
+            # the running CRC it would compute is never compared, so it is not computed.
+            if self._zinfo.wz_aes_version == WZ_AES_V2 and not self._expected_crc:
+                return
+            super()._update_crc(newdata)
+
     class KeyPoolZipFile(AESZipFile):
-        """``AESZipFile`` whose WinZip AES members take their keys from an AESKeyPool (see key_pool_zip_file)."""
+        """``AESZipFile`` whose WinZip AES keys are derived ahead in threads (see key_pool_zip_file)."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
+            # Before zipfile's __init__, which closes the file through close() when it fails.
+            self.keys_ahead = MemberKeysAhead()
+            self.zipextfile_cls = functools.partial(PrederivedAESExtFile, keys_ahead=self.keys_ahead)
             super().__init__(*args, **kwargs)
             self.key_pool: AESKeyPool | None = None
+
+        def derive_keys_ahead(self, infos: Iterable[Any]) -> None:
+            """Derive the keys of these members (about to be read, in this order) in threads, from here on."""
+            try:
+                fd = self.fp.fileno()
+            except (AttributeError, OSError, ValueError):
+                return  # a file object without a descriptor: keys are derived as members are opened
+            if not self.pwd or self.mode != "r":
+                return
+            self.keys_ahead.plan(fd, self.pwd, [
+                (info.header_offset, NBITS_OF_STRENGTH[info.wz_aes_strength]) for info in infos
+                if info.flag_bits & 0x1 and info.wz_aes_strength in NBITS_OF_STRENGTH
+            ])
 
         def get_encrypter(self) -> Any:
             options = self.encryption_kwargs or {}
@@ -192,16 +387,18 @@ def _pyzipper_hook() -> _Hook:
             return PrederivedAESEncrypter(self.key_pool.take(), nbits)
 
         def stop_deriving(self) -> None:
-            """Stop the key pool and drop its unused keys; idempotent."""
+            """Stop deriving keys (for reading and writing) and drop the unused ones; idempotent."""
+            self.keys_ahead.close()
             # getattr: zipfile's __init__ closes the file when it fails, before key_pool is set.
             pool, self.key_pool = getattr(self, "key_pool", None), None
             if pool is not None:
                 pool.close()
 
         def close(self) -> None:
+            self.keys_ahead.close()  # before the file closes: its threads read salts from it
             try:
                 super().close()
             finally:
                 self.stop_deriving()
 
-    return _Hook(PrederivedAESEncrypter, KeyPoolZipFile)
+    return _Hook(PrederivedAESEncrypter, PrederivedAESDecrypter, KeyPoolZipFile)

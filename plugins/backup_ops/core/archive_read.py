@@ -4,6 +4,10 @@ Every reader treats the archive as hostile: names are checked for duplicates, me
 the manifest, and pyzipper's and zlib's many error types become one VerificationError sentence.
 A wrong or missing password names where the password came from (``password_source``: the
 config's reference for the tasks, an environment variable or a prompt for the CLI).
+Archives are opened with ``aes_keys.key_pool_zip_file``: members are authenticated with the
+standard library's HMAC-SHA1, and a reader that reads many members in a known order (the
+verification, ``extract.safe_extract``) calls ``derive_keys_ahead`` so their WinZip AES keys are
+derived in threads while the current member is read.
 pyzipper is imported inside the functions so importing this module stays cheap.
 """
 
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from backup_ops.core.aes_keys import key_pool_zip_file
 from backup_ops.core.config import SecretRef
 from backup_ops.core.errors import ArchiveError, BackupError, UnsafeArchiveError, VerificationError
 from backup_ops.core.fileio import CHUNK_SIZE, sha256_of_file
@@ -73,10 +78,9 @@ def _no_password(path: Path, source: str) -> ArchiveError:
 
 @contextmanager
 def open_zip(path: Path, password: bytes | None) -> Iterator[Any]:
-    import pyzipper
-
+    """The archive for reading; key derivation threads (``derive_keys_ahead``) stop when the block ends."""
     try:
-        zf = pyzipper.AESZipFile(path)
+        zf = key_pool_zip_file(path, "r")
     except FileNotFoundError:
         raise ArchiveError(f"Archive {path} does not exist.") from None
     except OSError as exc:
@@ -176,6 +180,7 @@ def verify_archive(
                                     "it was modified after it was written.")
         strength = _AES_STRENGTH.get(manifest.encryption)
         checked_bytes = len(manifest_data)
+        derive_keys_ahead(zf, [infos[member.name] for member in manifest.members if not member.is_dir])
         for member in manifest.members:
             info = infos[member.name]
             if member.is_dir:
@@ -194,6 +199,11 @@ def verify_archive(
         manifest=manifest,
         manifest_sha256=hashlib.sha256(manifest_data).hexdigest(),
     )
+
+
+def derive_keys_ahead(zf: Any, infos: list[Any]) -> None:
+    """Derive the AES keys of ``infos``, the members about to be read in this order, in threads (see aes_keys)."""
+    zf.derive_keys_ahead(infos)
 
 
 def unique_infos(zf: Any, path: Path, error: type[BackupError]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
 
-from backup_ops.core.archive_read import open_info, open_zip, read_chunks, unique_infos
+from backup_ops.core.archive_read import derive_keys_ahead, open_info, open_zip, read_chunks, unique_infos
 from backup_ops.core.errors import ArchiveError, UnsafeArchiveError
 from backup_ops.core.manifest import MANIFEST_NAME, member_name_problem
 
@@ -73,6 +73,7 @@ def safe_extract(
             raise UnsafeArchiveError(f"Archive {path} would extract to {declared} bytes, more than the "
                                      f"{max_total_bytes} allowed (zip bomb or wrong limit).")
         created: list[Path] = []
+        derive_keys_ahead(zf, [info for info in wanted if not info.filename.endswith("/")])
         for info in wanted:
             dest = os.path.join(root, *info.filename.rstrip("/").split("/"))
             if info.filename.endswith("/"):
