@@ -569,6 +569,15 @@ def test_the_manifest_holds_exactly_the_tables_whose_data_pg_dump_wrote(pg_serve
             assert (name, rows) == (name, live[0] if live else None)
 
 
+def test_output_whose_rows_cannot_be_counted_fails_without_blaming_a_signal(pg_target, staging, source, fake_bin):
+    # A stand-in that writes a COPY line pg_dump never writes, then more output: pg_dump is stopped at once.
+    bin_dir = fake_bin("printf 'COPY public.t (a) FROM stdin WITH (FORMAT binary);\\n'\nexec yes")
+    with pytest.raises(DumpError, match=r"could not be counted: a COPY line that is not pg_dump's") as caught:
+        dump_database(pg_target, source, staging, pg_bin_dir=bin_dir)
+    assert caught.value.retryable is False
+    assert staged_files(staging) == []
+
+
 def test_insert_statements_are_refused_because_their_rows_cannot_be_counted(pg_server, pg_target, staging):
     for extra in (("--inserts",), ("--column-ins",), ("--rows-per-insert=100",)):
         source = DatabaseSource(conn_id=CONN_ID, extra_args=extra)

@@ -220,7 +220,8 @@ class DumpJob:
                         "by hand: %s", who, " ".join(notes))
         log.info(
             "Dumped %s: %d tables, %d rows, %d bytes (%s) in %.1f s (%.1f MB/s of output; read-back check %.1f s) "
-            "as %s%s", who, len(stats), result.total_rows, written.size, engine(source.compression), dump_s,
+            "as %s%s", who, len(stats), result.total_rows, written.size,
+            engine(source.compression) if plan.compress is not None else f"{result.compression} by pg_dump", dump_s,
             written.size / 1e6 / max(dump_s, 1e-6), finished - dumped, result.member_name,
             f", beside it the {len(captured.roles)} role{'' if len(captured.roles) == 1 else 's'} it refers to and the "
             "database's settings, for an empty server" if captured is not None else "",
@@ -308,7 +309,7 @@ class DumpJob:
         if write_error is not None:
             raise DumpError(f"Writing the dump of {who} to {out_path} failed: {write_error.strerror}; free space in or "
                             "move backup.staging_directory.") from write_error
-        if count_error is not None and returncode == 0:
+        if count_error is not None:  # pg_dump was killed for it: its exit status says nothing more
             raise DumpError(f"The rows in the dump of {who} could not be counted: {count_error}. Check that "
                             "backup.source.pg_bin_dir holds a real pg_dump.", retryable=False)
         if returncode < 0:
