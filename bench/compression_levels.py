@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -195,18 +194,15 @@ def gnu_gzip(sql: Path, repeat: int) -> Row:
 
 
 def machine_summary() -> str:
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
-    except OSError:
-        pass
+    """The backup benchmark's machine summary, plus the compression libraries' versions."""
     import isal
     import zstandard
+    from backup_throughput import machine_info
 
-    return (f"{os.cpu_count()} × {model}, Python {platform.python_version()}, zlib {zlib.ZLIB_RUNTIME_VERSION}, "
+    m = machine_info()
+    return (f"{m['cpus']} × {m['cpu_model']}, Python {m['python']}, zlib {zlib.ZLIB_RUNTIME_VERSION}, "
             f"isal {isal.__version__}, zstandard {zstandard.__version__} (libzstd "
-            f"{'.'.join(map(str, zstandard.ZSTD_VERSION))}), load average {os.getloadavg()[0]:.2f}")
+            f"{'.'.join(map(str, zstandard.ZSTD_VERSION))}), load average {m['load_average'][0]:.2f}")
 
 
 def main() -> None:
