@@ -282,7 +282,7 @@ class DumpJob:
                     raise DumpError(f"pg_dump for {who} has no output pipe; this is a bug in backup-ops.")
                 try:
                     written = _write_stream(stdout, out_path, settings.plan.compress,
-                                            count=settings.plan.check in ("sql", "gzip"))
+                                            count=settings.plan.check == "stream")
                 except OSError as exc:
                     write_error = exc
                 except CopyStreamError as exc:
@@ -409,11 +409,10 @@ def _plan_output(source: DatabaseSource, dbname: str, major: int, version: str, 
                            None, "custom")
     if in_process:
         # Plain SQL streams through this process: compressed here, and checked and counted on the stream.
-        check: CheckKind = "gzip" if compression.method == "gzip" else "sql"
-        return _OutputPlan(file_name, ("--format=plain",), compression, check)
+        return _OutputPlan(file_name, ("--format=plain",), compression, "stream")
     if compression.method == "none":
-        return _OutputPlan(file_name, ("--format=plain",), None, "sql")
-    return _OutputPlan(file_name, ("--format=plain", f"--compress={spec}"), None, compression.method)
+        return _OutputPlan(file_name, ("--format=plain",), None, "stream")
+    return _OutputPlan(file_name, ("--format=plain", f"--compress={spec}"), None, "lz4")
 
 
 # ---------------------------------------------------------------------------- running pg_dump

@@ -1,16 +1,16 @@
 """Read-back: prove a staged dump is complete and decodable before it goes into the archive, and count its rows.
 
-Completion: plain SQL that this process writes (gzip or uncompressed) must end with pg_dump's
-"dump complete" trailer, checked on the bytes as they streamed through (the file's sha256, taken
-while writing, is re-checked when the archive is built). zstd/lz4 SQL is decompressed from disk
-for the same check: zstd in this process (``core.compression``, which also checks that the last frame
-ended), lz4 through the ``lz4`` Python module or else the ``lz4`` command-line tool. Custom archives are read whole:
+Completion: plain SQL that streams through this process (uncompressed, or compressed here with gzip
+or zstd) must end with pg_dump's "dump complete" trailer, checked on the bytes as they streamed
+through (the file's sha256, taken while writing, is checked when the archive is verified). lz4 SQL,
+which pg_dump compresses itself, is decompressed from disk for the same check, through the ``lz4``
+Python module or else the ``lz4`` command-line tool. Custom archives are read whole:
 ``pg_restore --data-only`` writes every data block's rows (which reads and decompresses each of
 them) into ``core.copy_rows``'s counter, and the blocks read must be the table-of-contents' TABLE
 DATA entries (``pg_restore --list``), one each.
 
 Rows. Plain output is counted as it streams (``dump``); a dump that pg_dump compressed itself
-(custom format, zstd, lz4) is counted here, on the data this read-back decompresses anyway, so
+(custom format, lz4) is counted here, on the data this read-back decompresses anyway, so
 ``verify_readback`` returns its COPY blocks (None: counted on the stream).
 """
 
@@ -25,19 +25,18 @@ from pathlib import Path
 from typing import IO, Literal
 
 from backup_ops.adapters.postgres.tools import clean_env, read_tail
-from backup_ops.core.compression import DamagedStreamError, decompress_chunks
 from backup_ops.core.copy_rows import CopyBlock, CopyRowCounter, CopyStreamError
 from backup_ops.core.errors import DumpError
 from backup_ops.core.fileio import CHUNK_SIZE
 
-CheckKind = Literal["sql", "gzip", "zstd", "lz4", "custom"]
-"""How a dump is proved complete: by what it is (plain SQL, gzip, zstd, lz4) or a custom-format archive."""
+CheckKind = Literal["stream", "lz4", "custom"]
+"""How a dump is proved complete and counted: on the stream (plain SQL through this process), or read back
+from disk (lz4 SQL that pg_dump compressed, a custom-format archive)."""
 
 TAIL_BYTES = 64 * 1024
 """How many of the last bytes of a plain dump the completion check looks at."""
 
 _TRAILER = b"-- PostgreSQL database dump complete"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _LZ4_MAGIC = b"\x04\x22\x4d\x18"
 
 
@@ -51,25 +50,23 @@ def verify_readback(path: Path, check: CheckKind, pg_restore: Path | None, strea
     Plain dumps that this process compressed are checked on the bytes pg_dump produced, as they
     streamed through (``streamed_tail``): decompressing the file again would only re-test zlib
     (~8 % of a backup's time), while the file's own bytes are covered by the sha256 taken as it
-    was written and re-checked when the archive is built and verified. Files pg_dump compressed
-    itself (custom format, zstd, lz4) are read back from disk.
+    was written and checked when the archive is verified. Files pg_dump compressed
+    itself (custom format, lz4) are read back from disk.
     """
 
     def fail(reason: str) -> DumpError:
         return unreadable(who, reason)
 
-    if check in ("gzip", "sql"):
+    if check == "stream":
         _check_trailer(streamed_tail, fail)
         return None
     if check == "custom":
         if pg_restore is None:
             raise fail("no pg_restore to check the custom-format archive with")
         return _read_custom_archive(path, pg_restore, fail)
-    if check in ("zstd", "lz4"):
-        magic = _ZSTD_MAGIC if check == "zstd" else _LZ4_MAGIC
-        with path.open("rb") as handle:
-            if handle.read(4) != magic:
-                raise fail(f"the file does not start with the {check} magic number")
+    with path.open("rb") as handle:
+        if handle.read(4) != _LZ4_MAGIC:
+            raise fail(f"the file does not start with the {check} magic number")
     counter = CopyRowCounter()
     tail = _decompressed_tail(path, check, fail, counter)
     if tail is None:
@@ -94,7 +91,7 @@ def _blocks(counter: CopyRowCounter, fail: Callable[[str], DumpError]) -> list[C
 
 def _decompressed_tail(path: Path, kind: CheckKind, fail: Callable[[str], DumpError],
                        counter: CopyRowCounter) -> bytes | None:
-    """The last bytes of a zstd/lz4 dump, decompressing (and counting) all of it; None: no decompressor exists."""
+    """The last bytes of an lz4 dump, decompressing (and counting) all of it; None: no decompressor exists."""
     tail = b""
 
     def keep(data: bytes) -> None:
@@ -105,14 +102,6 @@ def _decompressed_tail(path: Path, kind: CheckKind, fail: Callable[[str], DumpEr
         except CopyStreamError as exc:
             raise fail(str(exc)) from None
 
-    if kind == "zstd":  # zstandard is a dependency
-        with path.open("rb") as handle:
-            try:
-                for chunk in decompress_chunks(iter(lambda: handle.read(CHUNK_SIZE), b""), "zstd", path.name):
-                    keep(chunk)
-            except DamagedStreamError as exc:
-                raise fail(f"it {exc.problem}") from None
-        return tail
     stream = _open_lz4(path)
     if stream is not None:
         try:
