@@ -373,7 +373,7 @@ def run_steps(clock: StepClock, params: dict[str, Any], run_id: str) -> dict[str
         for name in destinations:  # PublishBackupOperator.execute
             task_config = load_config()
             dest = make_destination(task_config.destination(name), task_config.backup.name)
-            published.append(steps.publish(task_config, dest, archive))
+            published.append(steps.publish(dest, archive))
     return {"config": config, "staging_dir": staging_dir, "dumps": dumps, "files": files, "archive": archive,
             "published": published}
 

@@ -336,7 +336,7 @@ def tool_versions() -> dict[str, str]:
 # ---------------------------------------------------------------------------- publish
 
 
-def publish(config: BackupConfig, dest: BackupDestination, archive: dict[str, Any]) -> dict[str, Any]:
+def publish(dest: BackupDestination, archive: dict[str, Any]) -> dict[str, Any]:
     """Publish the staged archive to one destination atomically and verify the copy there.
 
     The staged archive was verified whole when it was built (every member decrypted and hashed);

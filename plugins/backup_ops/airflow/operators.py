@@ -47,7 +47,7 @@ class PublishBackupOperator(BaseOperator):
         with permanent_errors_fail_fast():
             config = load_config()
             self._dest = make_destination(config.destination(self.destination), config.backup.name)
-            return publish(config, self._dest, self.archive)
+            return publish(self._dest, self.archive)
 
     def on_kill(self) -> None:
         if self._dest is not None:

@@ -256,7 +256,7 @@ def check_backup(config: BackupConfig) -> Iterator[CheckLine]:
             archive = steps.build_archive(config, plan, dumps, files, run)
             destination = LocalDestination("check", config.backup.name, Path(temporary) / "destination")
             destination.root.mkdir()
-            steps.publish(config, destination, archive)
+            steps.publish(destination, archive)
     except BackupError as exc:
         yield CheckLine("FAIL", "backup", str(exc))
         return
