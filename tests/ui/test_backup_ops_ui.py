@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,11 +73,18 @@ class UiSetup:
         self.config_file.write_text(yaml.safe_dump(raw))
         time.sleep(1.2)  # ui.cache_seconds is 1
 
-    def health_until(self, status: int, headers: dict[str, str] | None = None) -> requests.Response:
-        """``GET /backup-ops/health`` until it answers ``status`` (an expired state is read again in the background)."""
+    def health_until(self, status: int, headers: dict[str, str] | None = None,
+                     body: Callable[[dict[str, Any]], bool] | None = None) -> requests.Response:
+        """``GET /backup-ops/health`` until it answers ``status`` (and a JSON body ``body`` accepts).
+
+        An expired state is read again in the background, so an answer may still reflect the files and
+        config as they were when that refresh began; waiting for the exact state asserted keeps the
+        test from racing the refresh.
+        """
         def answered() -> list[requests.Response]:  # a list: a Response with an error status is false
             answer = requests.get(f"{self.url}/health", headers=headers, timeout=60)
-            return [answer] if answer.status_code == status else []
+            matches = answer.status_code == status and (body is None or body(answer.json()))
+            return [answer] if matches else []
 
         return self.stack.wait_for(f"/backup-ops/health to answer {status}", answered, 30)[0]  # type: ignore[no-any-return]
 
@@ -174,10 +181,17 @@ def test_health_is_503_after_the_newest_backup_aged_past_max_age_days_and_names_
         # whose check sentence names the archive, which the public answer must not.
         newest.write_bytes(original[:-10] + b"0123456789")
         ui.write_config(monitor={"max_age_days": 0.01})
-        body = ui.health_until(503).json()
+
+        def failed_checks(answer: dict[str, Any]) -> dict[str, dict[str, str]]:
+            return {d["destination"]: {c["name"]: c["sentence"] for c in d["failed_checks"]}
+                    for d in answer["destinations"]}
+
+        def both_changes_seen(answer: dict[str, Any]) -> bool:
+            return "max_age_days" in failed_checks(answer).get("local", {})
+
+        body = ui.health_until(503, body=both_changes_seen).json()
         assert body["status"] == "unhealthy"
-        failed = {d["destination"]: {c["name"]: c["sentence"] for c in d["failed_checks"]}
-                  for d in body["destinations"]}
+        failed = failed_checks(body)
         assert set(failed["local"]) == {"max_age_days", "newest_intact"} and set(failed["s3"]) == {"max_age_days"}
         assert "is considered too old" in failed["s3"]["max_age_days"]
         assert "monitor.max_age_days is 0.01" in failed["s3"]["max_age_days"]
@@ -186,17 +200,18 @@ def test_health_is_503_after_the_newest_backup_aged_past_max_age_days_and_names_
     finally:
         newest.write_bytes(original)
         ui.write_config()
-    ui.health_until(200)
+        ui.health_until(200)
 
 
 def test_health_needs_a_login_when_the_config_says_so(ui: UiSetup) -> None:
     try:
         ui.write_config(ui={"health_requires_auth": True})
         ui.health_until(401)
-        assert requests.get(f"{ui.url}/health", headers=ui.auth(), timeout=60).status_code == 200
+        assert ui.health_until(200, headers=ui.auth()).json()["status"] == "healthy"
+        assert requests.get(f"{ui.url}/health", timeout=60).status_code == 401
     finally:
         ui.write_config()
-    ui.health_until(200)
+        ui.health_until(200)
 
 
 # ---------------------------------------------------------------------------- /backup-ops/api/backups
