@@ -346,6 +346,7 @@ def run_steps(clock: StepClock, params: dict[str, Any], run_id: str) -> dict[str
     (dump_database, publish) read it again in ``execute``, so this does too.
     """
     from backup_ops.adapters.destinations.factory import make_destination
+    from backup_ops.adapters.staging_store import StagedRun
     from backup_ops.airflow import backup_steps as steps
     from backup_ops.airflow import staging
     from backup_ops.core.config import load_config
@@ -361,8 +362,10 @@ def run_steps(clock: StepClock, params: dict[str, Any], run_id: str) -> dict[str
     with clock.step("dump"):
         for conn_id in databases:  # DumpDatabaseOperator.execute
             task_config = load_config()
-            job = steps.dump_job(task_config, conn_id, planned["staging_dir"])
-            dumps.append(steps.dump_database(job, conn_id, planned["staging_dir"]))
+            staged = StagedRun.of(task_config, planned["staging_dir"])
+            with staged.workdir() as work:
+                job = steps.dump_job(task_config, conn_id, str(work))
+                dumps.append(steps.dump_database(job, conn_id, staged))
     with clock.step("files"):
         files = steps.collect_files(config, planned["staging_dir"], planned["include_files"])
     run = {"dag_id": DAG_ID, "run_id": run_id, "logical_date": ""}
@@ -373,7 +376,7 @@ def run_steps(clock: StepClock, params: dict[str, Any], run_id: str) -> dict[str
         for name in destinations:  # PublishBackupOperator.execute
             task_config = load_config()
             dest = make_destination(task_config.destination(name), task_config.backup.name)
-            published.append(steps.publish(dest, archive))
+            published.append(steps.publish(dest, archive, StagedRun.of(task_config, planned["staging_dir"])))
     return {"config": config, "staging_dir": staging_dir, "dumps": dumps, "files": files, "archive": archive,
             "published": published}
 

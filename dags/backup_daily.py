@@ -22,6 +22,7 @@ from backup_ops.airflow.operators import DumpDatabaseOperator, PublishBackupOper
 from backup_ops.core.config import load_config
 
 CONFIG = load_config()
+FILES_QUEUE = {"queue": CONFIG.backup.files_queue} if CONFIG.backup.files_queue else {}
 # Name-only: a URI with a custom scheme makes Airflow load every provider's URI handlers at parse time (~0.6 s).
 BACKUP_ASSET = Asset(name=steps.asset_name(CONFIG.backup.name), group="backup")
 
@@ -35,11 +36,13 @@ DOC = f"""
    snapshot; exact row counts taken in the same snapshot.
 3. **collect_files**: the configured includes minus excludes.
 4. **build_archive**: one zip (`{CONFIG.backup.encryption}`) with the dumps, files and `manifest.json`,
-   then opened and checked member by member.
+   then opened and checked member by member. It and collect_files read the application's files, on
+   queue `{CONFIG.backup.files_queue or "default"}`.
 5. **publish** (one task per destination): receipt + atomic copy, then verified where it landed.
 6. **finalize**: decides success (see `continue_on_failure`), emits the `{BACKUP_ASSET.name}` asset event.
-7. **remove_staging** (teardown of **prepare_staging**): always runs; deletes this run's staging directory
-   (a run that did not reach every destination keeps its encrypted archive, so a cleared publish can retry).
+7. **remove_staging** (teardown of **prepare_staging**): always runs; deletes this run's staging
+   (`{CONFIG.backup.staging_location.url}/<run>`; a run that did not reach every destination keeps its
+   encrypted archive, so a cleared publish can retry).
 
 Dumps start only after both preflight checks passed, and run in the `{steps.DUMP_POOL}` pool. A
 broken destination never withholds the backup from the healthy ones. Errors a retry cannot fix
@@ -96,11 +99,12 @@ def backup_daily() -> None:
     def check_destinations(names: list[str]) -> list[str]:
         return steps.check_destinations(CONFIG, names)
 
-    @step()
+    # Both read the application's files: on backup.files_queue, served by workers that mount them.
+    @step(**FILES_QUEUE)
     def collect_files(staging_dir: str, include_files: bool) -> dict[str, Any]:
         return steps.collect_files(CONFIG, staging_dir, include_files)
 
-    @step(trigger_rule=TriggerRule.NONE_FAILED)
+    @step(trigger_rule=TriggerRule.NONE_FAILED, **FILES_QUEUE)
     def build_archive(plan_result: dict[str, Any], dumps: Any, files: dict[str, Any],
                       dag_run: Any = None) -> dict[str, Any]:
         run = {"dag_id": dag_run.dag_id, "run_id": dag_run.run_id,

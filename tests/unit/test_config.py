@@ -298,3 +298,39 @@ def test_valid_cron_expressions_are_kept_as_written(value):
     raw["monitor"] = {"schedule": value}
     config = parse_config(raw)
     assert config.backup.schedule == config.cleanup.schedule == config.monitor.schedule == value
+
+
+# ---------------------------------------------------------------------------- backup.staging, backup.files_queue
+
+
+def test_staging_defaults_to_the_staging_directory_as_a_file_url() -> None:
+    backup = parse_config(with_value("backup.staging_directory", "/var/tmp/stage")).backup
+    assert backup.staging is None and backup.files_queue is None
+    assert backup.staging_location.url == "file:///var/tmp/stage"
+    assert backup.staging_location.local_root == Path("/var/tmp/stage")
+
+
+@pytest.mark.parametrize(("value", "url", "conn_id"), [
+    ("s3://stage-bucket/runs/", "s3://stage-bucket/runs", "aws_default"),
+    ("s3://stage-bucket", "s3://stage-bucket", "aws_default"),
+    ({"url": "s3://stage-bucket/a/b", "conn_id": "minio"}, "s3://stage-bucket/a/b", "minio"),
+    ("file:///srv/shared/staging/", "file:///srv/shared/staging", None),
+])
+def test_staging_accepts_a_bucket_prefix_or_a_local_folder(value: object, url: str, conn_id: str | None) -> None:
+    staging = parse_config(with_value("backup.staging", value)).backup.staging_location
+    assert (staging.url, staging.conn_id) == (url, conn_id)
+    assert (staging.local_root is None) == url.startswith("s3://")
+
+
+@pytest.mark.parametrize("value", ["s3://", "https://bucket/x", "file://relative/path", "/plain/path",
+                                   {"url": "file:///srv/x", "conn_id": "aws_default"}, {"conn_id": "x"},
+                                   {"url": "s3://b", "region": "eu"}])
+def test_a_staging_that_is_not_a_file_url_or_a_bucket_is_refused_naming_the_key(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"backup\.staging"):
+        parse_config(with_value("backup.staging", value))
+
+
+def test_files_queue_is_a_queue_name() -> None:
+    assert parse_config(with_value("backup.files_queue", "files")).backup.files_queue == "files"
+    with pytest.raises(ConfigError, match=r"backup\.files_queue"):
+        parse_config(with_value("backup.files_queue", "two words"))

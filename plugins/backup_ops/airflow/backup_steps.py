@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+import socket
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from backup_ops import __version__
 from backup_ops.adapters.destinations.base import BackupDestination
 from backup_ops.adapters.postgres.target import target_from_connection
+from backup_ops.adapters.staging_store import StagedRun, is_remote
 from backup_ops.core.config import BackupConfig, LocalDestinationConfig
 from backup_ops.core.errors import BackupError, ConfigError, DestinationError
 from backup_ops.core.models import DumpResult, Receipt, archive_file_name, human_bytes
@@ -62,11 +66,10 @@ def plan(config: BackupConfig, params: dict[str, Any], staging_dir: str) -> dict
     resolve_secret(config.backup.password)
 
     created_at, archive_name = free_archive_name(config, destinations, datetime.now(UTC).replace(microsecond=0))
-    staging = Path(staging_dir)
     result = {
         "created_at": created_at.isoformat(),
         "archive_name": archive_name,
-        "staging_dir": str(staging),
+        "staging_dir": staging_dir,  # a path or an s3:// URL: never through Path, which would fold "//"
         "databases": databases,
         "include_files": include_files,
         "destinations": destinations,
@@ -74,7 +77,7 @@ def plan(config: BackupConfig, params: dict[str, Any], staging_dir: str) -> dict
     log.info(
         "Backup %s: %d database(s) %s, files %s, destinations %s, archive %s, staging %s",
         config.backup.name, len(databases), databases, "included" if include_files else "skipped",
-        destinations, result["archive_name"], staging,
+        destinations, result["archive_name"], staging_dir,
     )
     return result
 
@@ -172,20 +175,33 @@ def check_destinations(config: BackupConfig, names: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------- dump
 
 
-def dump_job(config: BackupConfig, conn_id: str, staging_dir: str) -> DumpJob:
-    """The dump of one database into the staging directory, ready to ``run()`` (and to ``cancel()`` from on_kill)."""
+def dump_job(config: BackupConfig, conn_id: str, workdir: str) -> DumpJob:
+    """The dump of one database into ``workdir``, ready to ``run()`` (and to ``cancel()`` from on_kill).
+
+    ``workdir`` is the run's staging folder, or with ``s3://`` staging this task's own work folder.
+    """
     from backup_ops.adapters.postgres.dump import DumpJob
 
-    return DumpJob(target_from_connection(conn_id), config.database(conn_id), Path(staging_dir),
+    return DumpJob(target_from_connection(conn_id), config.database(conn_id), Path(workdir),
                    pg_bin_dir=config.backup.pg_bin_dir, log=log)
 
 
-def dump_database(job: DumpJob, conn_id: str, staging_dir: str) -> dict[str, Any]:
-    """Run one database's dump; returns a summary (the full result stays on disk beside the dump)."""
+def dump_database(job: DumpJob, conn_id: str, run: StagedRun) -> dict[str, Any]:
+    """Run one database's dump and stage it; returns a summary (the full result is staged beside the dump).
+
+    With remote staging the dump, its roles and settings stream from this task's work folder into
+    the run's prefix, and the staged result names them there; the work folder goes with the task.
+    """
     result = job.run()
+    if run.remote:
+        dumped = Path(result.staged_path)
+        result = replace(
+            result, staged_path=run.put(dumped, f"{dumped.parent.name}/{dumped.name}"),
+            extra_members=tuple(replace(m, staged_path=run.put(Path(m.staged_path),
+                                                               f"{dumped.parent.name}/{Path(m.staged_path).name}"))
+                                for m in result.extra_members))
     # Beside db-dumps/, which holds only what goes into the archive.
-    result_file = Path(staging_dir) / f"dump-{conn_id}.json"
-    result_file.write_text(json.dumps(result.to_dict()), encoding="utf-8")
+    result_file = run.write_bytes(f"dump-{conn_id}.json", json.dumps(result.to_dict()).encode())
     return {
         "conn_id": conn_id,
         "database": result.database,
@@ -195,11 +211,12 @@ def dump_database(job: DumpJob, conn_id: str, staging_dir: str) -> dict[str, Any
         "tables": len(result.tables),
         "rows": result.total_rows,
         "seconds": round(result.duration_s, 3),
-        "result_file": str(result_file),
+        "result_file": result_file,
         # What an empty server needs beside the dump, and what of it the login could not read.
         "roles_member": result.roles_member,
         "database_member": result.database_member,
         "globals_notes": list(result.globals_notes),
+        "host": worker_host(),
     }
 
 
@@ -207,47 +224,82 @@ def dump_database(job: DumpJob, conn_id: str, staging_dir: str) -> dict[str, Any
 
 
 def always_excluded(config: BackupConfig) -> list[Path]:
-    """Paths never backed up: the staging area and local destinations (a backup must not contain itself)."""
+    """Paths never backed up: the staging and work folders and local destinations (a backup must not contain itself)."""
     paths = [config.backup.staging_directory]
+    local_staging = config.backup.staging_location.local_root
+    if local_staging is not None and local_staging != config.backup.staging_directory:
+        paths.append(local_staging)
     paths += [d.path for d in config.backup.destination.destinations if isinstance(d, LocalDestinationConfig)]
     return paths
 
 
 def collect_files(config: BackupConfig, staging_dir: str, include_files: bool) -> dict[str, Any]:
-    """Select the files to back up and write the list to the staging directory (one JSON line each).
+    """Select the files to back up and stage the list (one JSON line each).
 
     A file the selection skips (a FIFO, a name restore refuses, an unreadable file …) is a
     ``{"skipped": …}`` line of the same listing, so build_archive records it in the manifest.
-    Returns the counts, skipped files by reason (``{"fifo": 1}``) included.
+    When not one configured include exists on this worker, this is the wrong host (or its volume
+    is not mounted): the run fails naming the host and ``backup.files_queue`` rather than backing up
+    no files. Returns the counts, skipped files by reason (``{"fifo": 1}``) included.
     """
     from backup_ops.core.files import select_files
     from backup_ops.core.models import SkippedFile
 
-    listing = Path(staging_dir) / FILE_LISTING
+    if include_files:
+        refuse_missing_includes(config)
     count = dirs = total = 0
     skipped: dict[str, int] = {}
-    with open(listing, "w", encoding="utf-8") as out:
-        if include_files:
-            for entry in select_files(config.backup.files, always_excluded(config), log=log):
-                if isinstance(entry, SkippedFile):
-                    out.write(json.dumps({"skipped": entry.to_dict()}) + "\n")
-                    skipped[entry.reason] = skipped.get(entry.reason, 0) + 1
-                    continue
-                out.write(json.dumps(entry.to_dict()) + "\n")
-                if entry.is_dir:
-                    dirs += 1
-                else:
-                    count += 1
-                    total += entry.size
-    return {"files": count, "directories": dirs, "bytes": total, "listing": str(listing), "skipped": skipped}
+    run = StagedRun.of(config, staging_dir)
+    with run.workdir() as work:
+        listing = work / FILE_LISTING
+        with open(listing, "w", encoding="utf-8") as out:
+            if include_files:
+                for entry in select_files(config.backup.files, always_excluded(config), log=log):
+                    if isinstance(entry, SkippedFile):
+                        out.write(json.dumps({"skipped": entry.to_dict()}) + "\n")
+                        skipped[entry.reason] = skipped.get(entry.reason, 0) + 1
+                        continue
+                    out.write(json.dumps(entry.to_dict()) + "\n")
+                    if entry.is_dir:
+                        dirs += 1
+                    else:
+                        count += 1
+                        total += entry.size
+        staged = run.put(listing, FILE_LISTING)
+    return {"files": count, "directories": dirs, "bytes": total, "listing": staged, "skipped": skipped,
+            "host": worker_host()}
 
 
-def _read_listing(path: Path) -> Any:
-    """The entries and skipped files collect_files wrote, streamed one line at a time."""
+def refuse_missing_includes(config: BackupConfig) -> None:
+    """Fail when none of ``source.files.include`` exists here: files are read where they live."""
+    includes = config.backup.files.include
+    if not includes or any(os.path.lexists(path) for path in includes):
+        return
+    queue = config.backup.files_queue or "Airflow's default queue"
+    raise ConfigError(
+        f"None of source.files.include ({', '.join(str(p) for p in includes)}) exists on {worker_host()}, the worker "
+        f"that ran this task from {queue} (backup.files_queue): run a worker that mounts the application's files on "
+        "that queue (and only there), or fix the include paths.", retryable=True)
+
+
+def worker_host() -> str:
+    """This worker's host name, as Airflow records it on task instances."""
+    try:
+        from airflow.utils.net import get_hostname
+
+        return str(get_hostname())
+    except Exception:  # outside Airflow (the check command)
+        return socket.gethostname()
+
+
+def _read_listing(run: StagedRun, location: str) -> Any:
+    """The entries and skipped files collect_files staged, streamed one line at a time."""
+    import io
+
     from backup_ops.core.files import SelectedEntry
     from backup_ops.core.models import SkippedFile
 
-    with open(path, encoding="utf-8") as lines:
+    with run.open_read(location) as raw, io.TextIOWrapper(raw, encoding="utf-8") as lines:
         for line in lines:
             item = json.loads(line)
             yield SkippedFile.from_dict(item["skipped"]) if "skipped" in item else SelectedEntry.from_dict(item)
@@ -257,12 +309,14 @@ def _read_listing(path: Path) -> Any:
 
 
 def build_archive(config: BackupConfig, plan_result: dict[str, Any], dumps: list[dict[str, Any]],
-                  files: dict[str, Any], run: dict[str, str]) -> dict[str, Any]:
+                  files: dict[str, Any], run_ids: dict[str, str]) -> dict[str, Any]:
     """Zip the dumps, files and manifest into one (encrypted) archive, then verify it end to end.
 
     A retry of this run starts clean: the archive an earlier attempt left in this run's staging
     folder (killed mid-write, or built but not verified) is removed first, and nothing else.
-    Returns the archive's path, name, size and checksums, and the files skipped by reason.
+    With remote staging the dumps and the listing stream from the run's prefix, the archive is
+    built and verified in this task's work folder, then staged (the work folder goes with the task).
+    Returns the archive's staged location, name, size and checksums, and the files skipped by reason.
     """
     from backup_ops.adapters.secrets import resolve_secret
     from backup_ops.core.archive import build_archive as run_build
@@ -272,43 +326,42 @@ def build_archive(config: BackupConfig, plan_result: dict[str, Any], dumps: list
 
     password = resolve_secret(config.backup.password)
     secret = password.encode() if password else None
-    results = [DumpResult.from_dict(json.loads(Path(d["result_file"]).read_text())) for d in dumps or []]
-    staging = Path(plan_result["staging_dir"])
-    target = staging / plan_result["archive_name"]
-    if target.is_symlink() or target.exists():
-        root = config.backup.staging_directory
-        if target.parent != staging or staging.parent != root:  # only ever this run's own staged archive
-            raise BackupError(f"Refusing to remove {target}: {staging} is not this run's staging folder below "
-                              f"{root}.", retryable=False)
-        target.unlink()
-        log.warning("Removed %s, left by an earlier attempt of this run, to build it again", target)
+    run = StagedRun.of(config, plan_result["staging_dir"])
+    results = [DumpResult.from_dict(json.loads(run.read_bytes(d["result_file"]))) for d in dumps or []]
     created_at = datetime.fromisoformat(plan_result["created_at"])
     versions = tool_versions()
 
     def make_manifest(members: Any) -> dict[str, Any]:
         return build_manifest(
             backup_name=config.backup.name, created_at=created_at, archive_name=plan_result["archive_name"],
-            run=run, dumps=results, members=members, encryption=config.backup.encryption, tool_versions=versions,
+            run=run_ids, dumps=results, members=members, encryption=config.backup.encryption,
+            tool_versions=versions,
         )
 
-    started = time.monotonic()
-    archive = run_build(
-        target, dumps=results, files=_read_listing(Path(files["listing"])), password=secret,
-        encryption=config.backup.encryption, compression_level=config.backup.destination.compression_level,
-        make_manifest=make_manifest, fail_on=config.backup.files.fail_on, log=log,
-    )
-    built = time.monotonic() - started
-    checked = verify_archive(target, password=secret, expected_sha256=archive.sha256, expected_size=archive.size,
-                             password_source=password_source_of(config.backup.password))
-    log.info(
-        "Built %s: %d members (%d dumps, %d files), %s in %.1f s (%s/s), encryption %s; verified %d members; %s",
-        target.name, archive.member_count, len(results), archive.file_count, human_bytes(archive.size), built,
-        human_bytes(archive.size / built if built else 0), config.backup.encryption, checked.members_checked,
-        describe_counts(archive.skipped_counts)
-        + (" (listed in the manifest's skipped list)" if archive.skipped_counts else ""),
-    )
+    with run.workdir() as work:
+        target = work / plan_result["archive_name"]
+        if target.is_symlink() or target.exists():
+            _remove_earlier_attempt(config, work, target)
+        started = time.monotonic()
+        archive = run_build(
+            target, dumps=results, files=_read_listing(run, files["listing"]), password=secret,
+            encryption=config.backup.encryption, compression_level=config.backup.destination.compression_level,
+            make_manifest=make_manifest, fail_on=config.backup.files.fail_on, log=log,
+            open_staged=run.open_staged if run.remote else None,
+        )
+        built = time.monotonic() - started
+        checked = verify_archive(target, password=secret, expected_sha256=archive.sha256,
+                                 expected_size=archive.size, password_source=password_source_of(config.backup.password))
+        log.info(
+            "Built %s: %d members (%d dumps, %d files), %s in %.1f s (%s/s), encryption %s; verified %d members; %s",
+            target.name, archive.member_count, len(results), archive.file_count, human_bytes(archive.size), built,
+            human_bytes(archive.size / built if built else 0), config.backup.encryption, checked.members_checked,
+            describe_counts(archive.skipped_counts)
+            + (" (listed in the manifest's skipped list)" if archive.skipped_counts else ""),
+        )
+        staged = run.put(target, plan_result["archive_name"])
     return {
-        "path": str(target),
+        "path": staged,
         "name": plan_result["archive_name"],
         "size": archive.size,
         "sha256": archive.sha256,
@@ -316,7 +369,18 @@ def build_archive(config: BackupConfig, plan_result: dict[str, Any], dumps: list
         "members": archive.member_count,
         "created_at": plan_result["created_at"],
         "skipped": archive.skipped_counts,
+        "host": worker_host(),
     }
+
+
+def _remove_earlier_attempt(config: BackupConfig, staging: Path, target: Path) -> None:
+    """Remove the archive an earlier attempt of this run left in its local staging folder, and nothing else."""
+    root = config.backup.staging_location.local_root
+    if target.parent != staging or root is None or staging.parent != root:
+        raise BackupError(f"Refusing to remove {target}: {staging} is not this run's staging folder below {root}.",
+                          retryable=False)
+    target.unlink()
+    log.warning("Removed %s, left by an earlier attempt of this run, to build it again", target)
 
 
 def tool_versions() -> dict[str, str]:
@@ -336,18 +400,30 @@ def tool_versions() -> dict[str, str]:
 # ---------------------------------------------------------------------------- publish
 
 
-def publish(dest: BackupDestination, archive: dict[str, Any]) -> dict[str, Any]:
+def publish(dest: BackupDestination, archive: dict[str, Any], run: StagedRun | None = None) -> dict[str, Any]:
     """Publish the staged archive to one destination atomically and verify the copy there.
 
     The staged archive was verified whole when it was built (every member decrypted and hashed);
     the published copy is proved to hold the same bytes (its sha256 read back or taken by the store,
     or the same inode for a hard link), which proves it decrypts the same: it is not decrypted again.
+    An archive staged in a bucket (``run`` says how to reach it) is streamed into this task's work
+    folder first, and that copy is what is published and checked against the recorded sha256.
     """
+    if is_remote(archive["path"]):
+        if run is None:
+            raise BackupError(f"The archive is staged at {archive['path']} but no staging was given to read it from; "
+                              "this is a bug in backup-ops.", retryable=False)
+        with run.workdir() as work:
+            return _publish_file(dest, archive, run.fetch(archive["path"], work / archive["name"]))
+    return _publish_file(dest, archive, Path(archive["path"]))
+
+
+def _publish_file(dest: BackupDestination, archive: dict[str, Any], source: Path) -> dict[str, Any]:
     destination = dest.name
     dest.check_reachable()
     receipt = Receipt(archive=archive["name"], size=archive["size"], sha256=archive["sha256"],
                       created_at=archive["created_at"], manifest_sha256=archive.get("manifest_sha256"))
-    published = dest.publish(Path(archive["path"]), archive["name"], receipt)
+    published = dest.publish(source, archive["name"], receipt)
     try:
         dest.verify_published(published)
     except BackupError:
@@ -362,4 +438,4 @@ def publish(dest: BackupDestination, archive: dict[str, Any]) -> dict[str, Any]:
         " (already present from an earlier attempt)" if published.already_present else "",
     )
     return {"destination": destination, "path": published.path, "location": published.location,
-            "size": published.size, "sha256": published.sha256}
+            "size": published.size, "sha256": published.sha256, "host": worker_host()}

@@ -13,6 +13,7 @@ from airflow.sdk import BaseOperator, Context
 
 from backup_ops.adapters.destinations.base import BackupDestination
 from backup_ops.adapters.destinations.factory import make_destination
+from backup_ops.adapters.staging_store import StagedRun
 from backup_ops.airflow.backup_steps import dump_database, dump_job, publish
 from backup_ops.airflow.cleanup_steps import (
     LEFTOVER_AGE,
@@ -47,7 +48,9 @@ class PublishBackupOperator(BaseOperator):
         with permanent_errors_fail_fast():
             config = load_config()
             self._dest = make_destination(config.destination(self.destination), config.backup.name)
-            return publish(self._dest, self.archive)
+            # The run's staging, reached from wherever this task runs (the archive is staged at its top level).
+            staged = StagedRun.of(config, str(self.archive["path"]).rsplit("/", 1)[0])
+            return publish(self._dest, self.archive, staged)
 
     def on_kill(self) -> None:
         if self._dest is not None:
@@ -73,8 +76,10 @@ class DumpDatabaseOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         with permanent_errors_fail_fast():
             config = load_config()
-            self._job = dump_job(config, self.conn_id, self.staging_dir)
-            return dump_database(self._job, self.conn_id, self.staging_dir)
+            run = StagedRun.of(config, self.staging_dir)
+            with run.workdir() as work:
+                self._job = dump_job(config, self.conn_id, str(work))
+                return dump_database(self._job, self.conn_id, run)
 
     def on_kill(self) -> None:
         if self._job is not None:

@@ -233,6 +233,7 @@ def check_backup(config: BackupConfig) -> Iterator[CheckLine]:
     run's would be, else in the system's temporary directory.
     """
     from backup_ops.adapters.destinations.local import LocalDestination
+    from backup_ops.adapters.staging_store import StagedRun
     from backup_ops.airflow import backup_steps as steps
     from backup_ops.core.models import archive_file_name, human_bytes
 
@@ -245,7 +246,8 @@ def check_backup(config: BackupConfig) -> Iterator[CheckLine]:
         with tempfile.TemporaryDirectory(prefix="backup-ops-check-", dir=staging_root) as temporary:
             staging = Path(temporary) / "staging"
             staging.mkdir(mode=0o700)
-            dumps = [steps.dump_database(steps.dump_job(config, db.conn_id, str(staging)), db.conn_id, str(staging))
+            staged = StagedRun.of(config, str(staging))  # a local folder, whatever backup.staging says
+            dumps = [steps.dump_database(steps.dump_job(config, db.conn_id, str(staging)), db.conn_id, staged)
                      for db in config.backup.databases]
             files = steps.collect_files(config, str(staging), include_files=False)
             created_at = datetime.now(UTC).replace(microsecond=0)

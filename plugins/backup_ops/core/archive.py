@@ -46,6 +46,9 @@ from backup_ops.core.manifest_parse import parse_manifest
 from backup_ops.core.models import DumpResult, SkippedFile, printable_name
 from backup_ops.core.skips import SkipTally
 
+StagedOpener = Callable[[str], tuple[BinaryIO, os.stat_result]]
+"""Opens a staged dump that is not a local file: (its stream, a stat with its size, mode and mtime)."""
+
 _LOG = logging.getLogger(__name__)
 
 AES_BITS = {"aes128": 128, "aes192": 192, "aes256": 256}
@@ -121,6 +124,7 @@ def build_archive(
     make_manifest: Callable[[list[MemberInfo]], dict[str, Any]],
     log: logging.Logger | None = None,
     fail_on: Collection[str] = FileSource().fail_on,
+    open_staged: StagedOpener | None = None,
 ) -> ArchiveResult:
     """Write the backup zip to ``target`` (a new file, mode 0600) and return its size and sha256.
 
@@ -133,7 +137,9 @@ def build_archive(
     reason is in ``fail_on`` raises FileSelectionError at once, as does a staged dump (or its
     roles or settings) that no longer matches its DumpResult size/sha256 (ArchiveError).
     On any failure the partial file is removed and the error is raised; a full disk at any point
-    is the ArchiveError naming the staging directory.
+    is the ArchiveError naming the staging directory. ``open_staged`` opens a dump's (or its
+    extra member's) ``staged_path`` when that is not a local file (an object in a staging bucket):
+    it returns the stream and a stat whose size, mode and mtime describe it.
     """
     log = log or _LOG
     nbits = _check_encryption(encryption, password)
@@ -159,7 +165,8 @@ def build_archive(
         # Each encrypted member's WinZip AES keys are derived ahead in threads (core.aes_keys): the
         # per-member PBKDF2 would otherwise stall the writer at every small file.
         zf = key_pool_zip_file(sink, "w", compression=pyzipper.ZIP_STORED, allowZip64=True)
-        writer = _ArchiveWriter(zf, password, nbits, compression_level, SkipTally(fail_on, log), sources)
+        writer = _ArchiveWriter(zf, password, nbits, compression_level, SkipTally(fail_on, log), sources,
+                                open_staged)
         for dump in dumps:
             writer.add_dump(dump)
         for entry in files:
@@ -227,8 +234,9 @@ class _ArchiveWriter:
     """Adds members to an open pyzipper archive, recording each member's size and sha256 and each file skipped."""
 
     def __init__(self, zf: Any, password: bytes | None, nbits: int | None, level: int, skips: SkipTally,
-                 sources: ListedFileOpener) -> None:
+                 sources: ListedFileOpener, open_staged: StagedOpener | None = None) -> None:
         self.zf = zf
+        self.open_staged = open_staged
         self.password = password
         self.nbits = nbits
         self.level = level
@@ -258,7 +266,7 @@ class _ArchiveWriter:
         the bytes are produced, one check where they land.
         """
         try:
-            src, st = _open_regular(Path(path))
+            src, st = self.open_staged(path) if self.open_staged else _open_regular(Path(path))
         except OSError as exc:
             raise ArchiveError(f"Cannot read {what}: {exc.strerror or exc}.") from exc
         if src is None:

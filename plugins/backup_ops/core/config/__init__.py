@@ -27,6 +27,7 @@ from backup_ops.core.config.model import (
     RetentionSettings,
     S3DestinationConfig,
     SecretRef,
+    StagingSettings,
     TableRules,
 )
 
@@ -50,6 +51,7 @@ __all__ = [
     "RetentionSettings",
     "S3DestinationConfig",
     "SecretRef",
+    "StagingSettings",
     "TableRules",
     "config_path",
     "load_config",

@@ -29,6 +29,7 @@ from backup_ops.core.config.model import (
     S3DestinationConfig,
     SecretRef,
     SlackChannel,
+    StagingSettings,
     TableRules,
     UiSettings,
     WebhookChannel,
@@ -92,7 +93,7 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> BackupConfig:
 def _parse_backup(node: ConfigNode) -> BackupSettings:
     node.require_mapping()
     node.only_keys({"name", "source", "destination", "staging_directory", "password", "encryption",
-                    "tries", "retry_delay", "schedule", "deadline_minutes"})
+                    "tries", "retry_delay", "schedule", "deadline_minutes", "staging", "files_queue"})
     name = node.child("name", required=True).name()
     source = node.child("source", required=True)
     source.require_mapping()
@@ -126,7 +127,32 @@ def _parse_backup(node: ConfigNode) -> BackupSettings:
         retry_delay=node.child("retry_delay").integer(default=0, minimum=0),
         schedule=node.child("schedule").cron(default="0 2 * * *"),
         deadline_minutes=_parse_deadline_minutes(node.child("deadline_minutes")),
+        staging=_parse_staging(node.child("staging")),
+        files_queue=node.child("files_queue").name() if node.child("files_queue").present else None,
     )
+
+
+def _parse_staging(node: ConfigNode) -> StagingSettings | None:
+    """``backup.staging``: ``file:///path`` or ``s3://bucket/prefix``, as a string or ``{url, conn_id}``."""
+    if not node.present or node.value is None:
+        return None
+    if isinstance(node.value, str):
+        url, conn_id = node.string(), None
+    else:
+        node.require_mapping()
+        node.only_keys({"url", "conn_id"})
+        url = node.child("url", required=True).string()
+        conn_node = node.child("conn_id")
+        conn_id = conn_node.name() if conn_node.present else None
+    scheme, sep, rest = url.partition("://")
+    if scheme == "file" and sep and rest.startswith("/"):
+        if conn_id:
+            node.fail("a file:// URL without conn_id (a connection is for s3:// staging)")
+        return StagingSettings(url="file://" + str(Path(rest)))
+    if scheme == "s3" and sep and rest.split("/", 1)[0]:
+        bucket, _, prefix = rest.partition("/")
+        return StagingSettings(url=f"s3://{bucket}/{prefix.strip('/')}".rstrip("/"), conn_id=conn_id or "aws_default")
+    return node.fail("file:///absolute/folder or s3://bucket/prefix")
 
 
 def _parse_deadline_minutes(node: ConfigNode) -> int | None:

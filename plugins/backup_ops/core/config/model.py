@@ -107,6 +107,25 @@ class DestinationSettings:
 
 
 @dataclass(frozen=True)
+class StagingSettings:
+    """``backup.staging``: where a run's dumps, file listing and archive wait between its tasks.
+
+    ``file:///…`` (the default: ``backup.staging_directory``) is a folder every task of a run must
+    see (one host, or a shared volume). ``s3://bucket/prefix`` (with ``conn_id``, an Airflow AWS
+    connection) is reachable from any worker: each task then works in a private folder below
+    ``backup.staging_directory`` on its own host and hands its output over through the bucket.
+    """
+
+    url: str
+    conn_id: str | None = None
+
+    @property
+    def local_root(self) -> Path | None:
+        """The folder when staging is ``file://``, else None."""
+        return Path(self.url[len("file://"):]) if self.url.startswith("file://") else None
+
+
+@dataclass(frozen=True)
 class BackupSettings:
     name: str
     files: FileSource
@@ -121,6 +140,14 @@ class BackupSettings:
     schedule: str = "0 2 * * *"
     deadline_minutes: int | None = 120
     """Minutes after a run is queued by when it must be over, else ``backup_late`` is sent; None: no alert."""
+    staging: StagingSettings | None = None
+    """None: ``file://`` + ``staging_directory`` (see ``staging_location``)."""
+    files_queue: str | None = None
+    """The Celery queue of collect_files and build_archive (None: Airflow's default queue)."""
+
+    @property
+    def staging_location(self) -> StagingSettings:
+        return self.staging or StagingSettings(url=f"file://{self.staging_directory}")
 
 
 @dataclass(frozen=True)
