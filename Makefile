@@ -23,13 +23,15 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 # 7-Zip is what users open encrypted archives with, and rsync what docs/BACKUP_RESTORE.md puts files
 # back with; the tests run both, so a missing one is installed (Debian packages 7zip and rsync).
-# Chromium, headless, loads the Backups page in tests/ui (Debian package chromium).
+# Chromium, headless, loads the Backups page in tests/ui (Debian package chromium). redis-server is the
+# Celery broker of the multi-worker test (tests/distributed; Debian package redis-server).
 tools:
 	@missing=""; \
 	command -v 7zz >/dev/null 2>&1 || command -v 7z >/dev/null 2>&1 || missing="$$missing 7zip"; \
 	command -v rsync >/dev/null 2>&1 || missing="$$missing rsync"; \
 	command -v zstd >/dev/null 2>&1 || missing="$$missing zstd"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "Installing:$$missing (Debian packages)"; \
