@@ -28,23 +28,27 @@ DOC = f"""
 Proves that a backup restores, and measures how long it takes (the RTO):
 
 1. **select** the backup (`latest` or an archive name) on the chosen destination;
-2. **fetch** it into a fresh 0700 working directory below `{CONFIG.backup.staging_directory}` (read in place on a
-   local disk, streamed from S3);
+2. **fetch** it: read in place on a local disk (mounted on every worker), or streamed from S3 into a 0700 working
+   directory below `{CONFIG.backup.staging_directory}` on this worker; a later phase on a worker without that copy
+   fetches it again (logged, checked against the SHA-256 verify proved);
 3. **verify** size and SHA-256 against its receipt, then every member against the manifest (this proves the
    password);
-4. **extract** the files safely (absolute paths, `..`, links, devices and unlisted members refused before
-   anything is written), unless `restore_files` is off;
+4. **extract**: every entry is checked as extraction would (absolute paths, `..`, links, devices and unlisted
+   members refused) before the databases are restored, writing nothing; skipped when `restore_files` is off;
 5. **restore** each database into a scratch database `backup_drill_<YYYYmmddHHMMSS>` on
    {f"Airflow connection `{DRILL.target_conn_id}`" if DRILL.target_conn_id else "its own server"}: roles and
    database settings first, then the dump (`psql`, one transaction; custom dumps `pg_restore -j {DRILL.jobs}`);
 6. **validate** every table: exact row count and column set from the manifest
    (`exact_checks: {DRILL.exact_checks}`), plus `restore_drill.expectations` in Great Expectations
    ({len(DRILL.expectations)} table(s) configured);
-7. **verify_files**: every restored file's SHA-256 against the manifest;
+7. **verify_files**: extracts the files, checks every one's SHA-256 against the manifest and removes them, in one
+   task: no plaintext outlives the task that wrote it, whichever worker runs the next;
 8. **report**: the drill report (per-phase seconds, RTO, database sizes, validation summary) is written to the
    destination under `{CONFIG.backup.name}/restore-drills/` and returned as XCom;
-9. **teardown** (always): drops the scratch databases and the working directory unless `keep_scratch`, sends
-   `restore_drill_succeeded` / `restore_drill_failed`, and fails the run when the drill failed.
+9. **teardown** (always): drops the scratch databases and its worker's working directory unless `keep_scratch`,
+   sends `restore_drill_succeeded` / `restore_drill_failed`, and fails the run when the drill failed.
+
+Each phase's XCom names the worker it ran on (`host`) and whether it had the archive (`archive_copy`).
 
 The source database is never written to. Errors a retry cannot fix (a wrong password, a tampered archive, an
 unsafe member, data that differs from the manifest) fail at once. Config: `{CONFIG.source_path}`.
@@ -70,7 +74,8 @@ unsafe member, data that differs from the manifest) fail at once. Config: `{CONF
                                 "(empty: each database's own server)."),
         "restore_files": Param(True, type="boolean", description="Also extract and verify the application files."),
         "keep_scratch": Param(False, type="boolean",
-                              description="Keep the scratch database(s) and working directory for inspection."),
+                              description="Keep the scratch database(s), the restored files and the archive copy "
+                              "for inspection (the task logs name the workers that hold them)."),
         "disable_notifications": Param(False, type="boolean", description="Send no notifications for this run."),
     },
     render_template_as_native_obj=True,
@@ -89,21 +94,22 @@ def restore_drill() -> None:
         return steps.verify(CONFIG, selected, fetched)
 
     @step()
-    def extract(selected: dict[str, Any], fetched: dict[str, Any]) -> dict[str, Any]:
-        return steps.extract(CONFIG, selected, fetched)
+    def extract(selected: dict[str, Any], fetched: dict[str, Any], verified: dict[str, Any]) -> dict[str, Any]:
+        return steps.extract(CONFIG, selected, fetched, verified)
 
     @step()
-    def restore(selected: dict[str, Any], fetched: dict[str, Any]) -> dict[str, Any]:
-        return steps.restore(CONFIG, selected, fetched)
+    def restore(selected: dict[str, Any], fetched: dict[str, Any], verified: dict[str, Any]) -> dict[str, Any]:
+        return steps.restore(CONFIG, selected, fetched, verified)
 
     @step()
-    def validate(selected: dict[str, Any], fetched: dict[str, Any], restored: dict[str, Any],
-                 ti: Any = None) -> dict[str, Any]:
-        return steps.validate(CONFIG, selected, fetched, restored, ti=ti)
+    def validate(selected: dict[str, Any], fetched: dict[str, Any], verified: dict[str, Any],
+                 restored: dict[str, Any], ti: Any = None) -> dict[str, Any]:
+        return steps.validate(CONFIG, selected, fetched, verified, restored, ti=ti)
 
     @step()
-    def verify_files(selected: dict[str, Any], fetched: dict[str, Any], extracted: dict[str, Any]) -> dict[str, Any]:
-        return steps.verify_files(CONFIG, selected, fetched, extracted)
+    def verify_files(selected: dict[str, Any], fetched: dict[str, Any], verified: dict[str, Any],
+                     extracted: dict[str, Any]) -> dict[str, Any]:
+        return steps.verify_files(CONFIG, selected, fetched, verified, extracted)
 
     # Pulled, not passed: failed phases leave XComs missing, and these must still run to report them.
     @step(trigger_rule=TriggerRule.ALL_DONE)
@@ -119,11 +125,11 @@ def restore_drill() -> None:
     selected: Any = select()
     fetched: Any = fetch(selected)
     verified: Any = verify(selected, fetched)
-    extracted: Any = extract(selected, fetched)
-    restored: Any = restore(selected, fetched)
-    validated: Any = validate(selected, fetched, restored)
-    files: Any = verify_files(selected, fetched, extracted)
-    verified >> extracted >> restored
+    extracted: Any = extract(selected, fetched, verified)
+    restored: Any = restore(selected, fetched, verified)
+    validated: Any = validate(selected, fetched, verified, restored)
+    files: Any = verify_files(selected, fetched, verified, extracted)
+    extracted >> restored
     validated >> files
     reported: Any = report()
     phases = [selected, fetched, verified, extracted, restored, validated, files]

@@ -7,7 +7,9 @@ tampered copy (fails at verify), one with a wrong password, one holding ``../evi
 path (refused at verify, naming the member), one whose manifest lists a symbolic link (refused at
 extract), one whose manifest counts a row too many (fails the Great Expectations validation). After
 every drill: no ``backup_drill_%`` database is left, the working directory is gone, the source
-database is exactly as before, and the report on the destination says what happened.
+database is exactly as before, and the report on the destination says what happened. Every phase
+names the worker it ran on; on one worker an archive from S3 is downloaded once. The same phases on
+workers that have nothing of the run are in ``test_restore_drill_hosts.py``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ def run_drill(conf: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any], 
     tis = {ti.task_id: ti for ti in run.get_task_instances()}
     report = tis["report"].xcom_pull(task_ids="report") if "report" in tis else None
     return run, {task: ti.state for task, ti in tis.items()}, report
+
+
+def phase_results(run: Any) -> dict[str, tuple[Any, str]]:
+    """Each task's XCom result and the host Airflow recorded for the task instance."""
+    return {ti.task_id: (ti.xcom_pull(task_ids=ti.task_id), ti.hostname) for ti in run.get_task_instances()}
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +126,13 @@ def test_a_drill_of_the_latest_local_backup_restores_validates_and_reports(drill
     written = _report_on(drill_env, report)
     assert written.succeeded and written.rto_seconds == report["rto_seconds"] and written.run_id == run.run_id
     assert PASSWORD not in json.dumps(report)
+    # Where each phase ran, as Airflow recorded it; a local destination's archive is read in place, never copied.
+    results = phase_results(run)
+    assert {task: result["host"] for task, (result, _) in results.items()} == \
+        {task: host for task, (_, host) in results.items()}
+    assert {results[p][0]["archive_copy"] for p in ("fetch", "verify", "extract", "restore", "validate",
+                                                     "verify_files")} == {"read in place"}
+    assert results["extract"][0]["status"] == "checked" and results["verify_files"][0]["status"] == "verified"
 
 
 @pytest.mark.usefixtures("untouched")
@@ -151,6 +165,11 @@ def test_a_drill_from_s3_downloads_the_backup_and_reports_there(drill_env: dict[
         run, states, report = run_drill({"destination": "offsite"})
         assert run.state == "success", states
         assert report["outcome"] == "succeeded" and report["destination"] == "offsite"
+        # One worker: one download, and every later phase took that copy, proved by its marker.
+        results = phase_results(run)
+        assert results["fetch"][0]["archive_copy"] == "downloaded"
+        assert [results[p][0]["archive_copy"] for p in ("verify", "restore", "validate")] == ["present"] * 3
+        assert results["validate"][0]["archive_kept"] and not results["verify_files"][0]["archive_kept"]
         assert report["files"] is None or report["files"]["status"] == "skipped"  # a database-only backup
         destination = S3Destination("offsite", "invoicing-app", bucket=TEST_BUCKET, conn_id=S3_CONN_ID,
                                     prefix="drills")
@@ -290,13 +309,18 @@ def test_a_manifest_that_counts_otherwise_fails_validation_and_the_report_says_s
     assert not _report_on(drill_env, report).succeeded
 
 
-def test_keep_scratch_keeps_the_database_for_inspection(drill_env: dict[str, Any], pg_server: Any) -> None:
-    run, states, report = run_drill({"keep_scratch": True, "restore_files": False})
+def test_keep_scratch_keeps_the_database_and_the_restored_files_for_inspection(
+        drill_env: dict[str, Any], pg_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    run, states, report = run_drill({"keep_scratch": True})
     assert run.state == "success", states
     (database,) = report["databases"]
     try:
         assert databases_like(pg_server, database["scratch"]) == [database["scratch"]]
-        assert [p.name for p in drill_env["staging"].glob("restore_drill__*")]
+        (workdir,) = drill_env["staging"].glob("restore_drill__*")
+        kept = [p for p in (workdir / "files").rglob("*") if p.is_file()]
+        assert (workdir / "files" / ".env").is_file() and len(kept) == report["files"]["files"]
+        host = phase_results(run)["verify_files"][1]
+        assert f"Kept the restored files in {workdir / 'files'} on {host} (keep_scratch)" in caplog.text
     finally:
         pg_server.drop_database(database["scratch"])
         for folder in drill_env["staging"].glob("restore_drill__*"):

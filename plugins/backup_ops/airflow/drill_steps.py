@@ -1,30 +1,46 @@
 """The steps of ``restore_drill``: each wraps one adapter call, logs one summary, returns a small timed dict.
 
-A drill proves that a backup restores: ``select`` picks it, ``fetch`` makes it a local file in the
-run's private working directory, ``verify`` proves it is the archive that was published (receipt,
-password, every member), ``extract`` writes its files safely, ``restore`` loads each database into a
-scratch database ``backup_drill_<YYYYmmddHHMMSS>``, ``validate`` checks every table against the
-manifest (exact counts and columns) and the configured rules (Great Expectations), ``verify_files``
-hashes every restored file, ``report`` leaves the drill report on the destination, and ``teardown``
+A drill proves that a backup restores: ``select`` picks it, ``fetch`` makes it a local file,
+``verify`` proves it is the archive that was published (receipt, password, every member),
+``extract`` checks every entry as extraction would (unsafe ones refused, nothing written),
+``restore`` loads each database into a scratch database ``backup_drill_<YYYYmmddHHMMSS>``,
+``validate`` checks every table against the manifest (exact counts and columns) and the configured
+rules (Great Expectations), ``verify_files`` extracts the files, hashes every one against the
+manifest and removes them, ``report`` leaves the drill report on the destination, and ``teardown``
 drops what the drill made and notifies.
 
-Every phase result carries ``started_at``, ``finished_at``, ``seconds`` and its ``checks``; the
-report is built from them (``core.drill_outcome``). Nothing large travels through XCom. The source
-database is never written to: the scratch databases have names of their own, and a target that is
-a source database is refused. The working directory lives below ``backup.staging_directory`` like
-a backup's staging folder, so every task of a drill must run where it is (one worker or a shared
-volume).
+Every phase result carries ``started_at``, ``finished_at``, ``seconds``, the ``host`` it ran on
+and its ``checks``; the report is built from them (``core.drill_outcome``). Nothing large travels
+through XCom. The source database is never written to: the scratch databases have names of their
+own, and a target that is a source database is refused.
+
+Each task may run on another worker (Celery, Kubernetes), so no phase needs another's local files.
+The working directory ``<backup.staging_directory>/restore_drill__<run>`` is made on each worker
+that needs one. An archive on a local destination is read in place (every worker must mount it);
+one downloaded from S3 is kept on the worker that downloaded it for later phases there, beside a
+marker that proves it is that copy, unchanged (device, inode, size, mtime, ctime, and the sha256
+``verify`` proved) without reading it again; a phase on a worker without it fetches it again
+(logged, and checked against that sha256). Plaintext never outlives the task that wrote it: the
+files are extracted, checked and removed within ``verify_files``, a custom-format dump within
+``restore``, and an archive without encryption is not kept between tasks. ``verify_files`` (the
+last reader) and ``teardown`` remove their worker's copy; what a crash leaves on a worker is swept
+by the next drill task there (``staging.sweep_stale_runs``). ``keep_scratch`` keeps everything,
+and the logs say on which workers.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import shutil
+import stat
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +48,7 @@ from typing import Any
 from backup_ops.adapters.destinations.base import BackupDestination
 from backup_ops.adapters.postgres.target import PgTarget
 from backup_ops.core.config import BackupConfig
-from backup_ops.core.errors import ArchiveError, BackupError, ConfigError, VerificationError
+from backup_ops.core.errors import ArchiveError, BackupError, ConfigError, DestinationError, VerificationError
 from backup_ops.core.models import BackupFile, Receipt, human_bytes, run_folder_name
 from backup_ops.core.restore_plan import LATEST, scratch_names
 
@@ -40,6 +56,10 @@ log = logging.getLogger(__name__)
 
 DAG_ID = "restore_drill"
 FILES_FOLDER = "files"
+COPY_MARKER = "archive.zip.fetched.json"
+"""Beside the copy: which archive it is, the file's identity when it was written, the sha256 proved for it."""
+ARCHIVE_PHASES = ("fetch", "verify", "extract", "restore", "validate", "verify_files")
+"""The phases that may leave a downloaded copy of the archive on their worker."""
 STALE_SCRATCH_AFTER = timedelta(hours=24)
 """A scratch database older than this was left by a drill killed before its teardown; the next drill drops it."""
 
@@ -73,16 +93,24 @@ def archive_faults_are_permanent() -> Iterator[None]:
 
 
 def timed(phase: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
-    """Add ``phase``, ``started_at``, ``finished_at`` and ``seconds`` to a step's result."""
+    """Add ``phase``, ``started_at``, ``finished_at``, ``seconds`` and the worker's ``host`` to a step's result."""
     def decorate(function: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         @functools.wraps(function)
         def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
             started, clock = datetime.now(UTC), time.monotonic()
             result = function(*args, **kwargs)
             return {**result, "phase": phase, "started_at": started.isoformat(),
-                    "finished_at": datetime.now(UTC).isoformat(), "seconds": round(time.monotonic() - clock, 3)}
+                    "finished_at": datetime.now(UTC).isoformat(), "seconds": round(time.monotonic() - clock, 3),
+                    "host": worker_host()}
         return run
     return decorate
+
+
+def worker_host() -> str:
+    """This worker's host name as Airflow records it on task instances (``[core] hostname_callable``)."""
+    from backup_ops.airflow.backup_steps import worker_host as host
+
+    return host()
 
 
 def _check(name: str, status: str, detail: str) -> dict[str, str]:
@@ -112,24 +140,35 @@ def select(config: BackupConfig, params: Mapping[str, Any], run_id: str) -> dict
         "destination": destination, "archive": backup.path, "size": backup.size, "date": backup.date.isoformat(),
         "receipt": selected.receipt.to_dict() if selected.receipt else None, "drill_started_at": started_at.isoformat(),
         "target_conn_id": target_conn_id, "restore_files": bool(params.get("restore_files", True)),
-        "workdir": str(workdir_for(config, run_id)),
+        "keep_scratch": bool(params.get("keep_scratch")), "workdir": str(workdir_for(config, run_id)),
         "checks": [_check("select", "pass", f"{backup.path} ({'the newest backup' if wanted == LATEST else 'named'})")],
     }
 
 
 @timed("fetch")
 def fetch(config: BackupConfig, selected: Mapping[str, Any]) -> dict[str, Any]:
-    """Make the archive a local file: read in place from a local disk, downloaded from S3 into a fresh 0700 folder."""
+    """Make the archive a local file: read in place from a local disk, downloaded from S3 into a fresh 0700 folder.
+
+    A download is kept on this worker, with its marker, for the later phases that run here.
+    """
     from backup_ops.adapters.backup_fetch import fetch_backup
-    from backup_ops.airflow.staging import sweep_stale_runs
 
     workdir = Path(selected["workdir"])
-    _fresh_workdir(config, workdir)
-    sweep_stale_runs(config.backup.staging_directory, DAG_ID, keep=workdir)
-    fetched = fetch_backup(_destination(config, selected["destination"]), _selected(selected), workdir)
+    destination = _destination(config, selected["destination"])
+    if destination.local_path(selected["archive"]) is None:  # a download: into a fresh folder on this worker
+        _workdir_here(config, selected, fresh=True)
+    fetched = fetch_backup(destination, _selected(selected), workdir)
+    here = ArchiveHere(fetched.path, "read in place" if fetched.in_place else "downloaded", fetched.in_place,
+                       None if fetched.in_place else stored_encryption(fetched.path))
+    if not fetched.in_place:
+        write_marker(workdir, selected["archive"], fetched.path, sha256=None)
+    kept = _leave_archive(config, selected, here, last=False, succeeded=True)
+    _tidy(workdir)
     how = "read in place" if fetched.in_place else f"downloaded in {fetched.seconds:.1f} s"
-    log.info("Fetched %s: %s, %s (%s)", selected["archive"], human_bytes(fetched.size), how, fetched.path)
+    log.info("Fetched %s: %s, %s (%s) on %s", selected["archive"], human_bytes(fetched.size), how, fetched.path,
+             worker_host())
     return {"archive_path": str(fetched.path), "in_place": fetched.in_place, "bytes": fetched.size,
+            "archive_copy": here.how, "archive_kept": kept,
             "checks": [_check("fetch", "pass", f"{human_bytes(fetched.size)}, {how}")]}
 
 
@@ -137,14 +176,20 @@ def fetch(config: BackupConfig, selected: Mapping[str, Any]) -> dict[str, Any]:
 def verify(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[str, Any]) -> dict[str, Any]:
     """Size and SHA-256 against the receipt, then every member decrypted and matched with the manifest."""
     from backup_ops.adapters.backup_fetch import FetchedBackup, verify_fetched
+    from backup_ops.core.fileio import sha256_of_file
 
     password, source = _password(config)
-    path = Path(fetched["archive_path"])
-    with archive_faults_are_permanent():
-        result = verify_fetched(FetchedBackup(path, int(fetched["bytes"]), bool(fetched["in_place"]), 0.0),
-                                _selected(selected), password=password, password_source=source)
-    manifest = result.manifest
-    receipt = selected.get("receipt")
+    with archive_on_this_worker(config, selected, fetched, None) as here:
+        with archive_faults_are_permanent():
+            result = verify_fetched(FetchedBackup(here.path, int(fetched["bytes"]), here.in_place, 0.0),
+                                    _selected(selected), password=password, password_source=source)
+        manifest = result.manifest
+        here.encryption = manifest.encryption
+        receipt = selected.get("receipt")
+        # What later phases hold their copy to: the receipt's sha256 verify_archive just matched, else hashed here.
+        sha256 = str(receipt["sha256"]).lower() if receipt else sha256_of_file(here.path)[0]
+        if not here.in_place:
+            write_marker(Path(selected["workdir"]), selected["archive"], here.path, sha256=sha256)
     checks = [
         _check("checksum", "pass", "size and sha256 match the receipt") if receipt
         else _check("checksum", "skipped", "no receipt beside the archive; its members were checked against the "
@@ -158,17 +203,24 @@ def verify(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[s
     log.info("Verified %s: %d members, %s, created %s, %d database(s), %d files", selected["archive"],
              result.members_checked, human_bytes(result.bytes_checked), manifest.created_at.isoformat(),
              len(databases), manifest.file_count)
-    return {"created_at": manifest.created_at.isoformat(), "encryption": manifest.encryption,
+    return {"created_at": manifest.created_at.isoformat(), "encryption": manifest.encryption, "sha256": sha256,
             "members": result.members_checked, "databases": databases, "files": manifest.file_count,
-            "file_bytes": manifest.file_bytes, "checks": checks}
+            "file_bytes": manifest.file_bytes, **here.result(), "checks": checks}
 
 
 # ---------------------------------------------------------------------------- files
 
 
 @timed("extract")
-def extract(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[str, Any]) -> dict[str, Any]:
-    """Write the backup's files below the working directory, refusing anything unsafe before writing."""
+def extract(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[str, Any],
+            verified: Mapping[str, Any]) -> dict[str, Any]:
+    """Check every entry as extraction would, before the databases are restored; nothing is written.
+
+    ``safe_extract`` refuses absolute paths, ``..``, links, devices and unlisted members before it
+    writes anything; asked for no member, it runs exactly those checks. The files themselves are
+    extracted by ``verify_files``, which checks and removes them in the same task, so their plaintext
+    never waits on a worker for a task that may run elsewhere.
+    """
     from backup_ops.adapters.backup_fetch import read_manifest
     from backup_ops.core.extract import safe_extract
     from backup_ops.core.restore_plan import file_members
@@ -176,84 +228,113 @@ def extract(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[
     if not selected.get("restore_files", True):
         return {"status": "skipped", "checks": [_check("extract", "skipped", "restore_files is false")]}
     password, source = _password(config)
-    archive = Path(fetched["archive_path"])
-    manifest = read_manifest(archive, password, password_source=source)
-    members = file_members(manifest)
+    with archive_on_this_worker(config, selected, fetched, verified) as here:
+        manifest = read_manifest(here.path, password, password_source=source)
+        members = file_members(manifest)
+        if members:
+            with tempfile.TemporaryDirectory(prefix="backup-ops-drill-check-") as empty, \
+                    archive_faults_are_permanent():
+                safe_extract(here.path, Path(empty), password=password, members=[],
+                             listed=manifest.members_by_name())
     if not members:
-        return {"status": "skipped", "checks": [_check("extract", "skipped", "the backup holds no files")]}
-    folder = Path(selected["workdir"]) / FILES_FOLDER
-    shutil.rmtree(folder, ignore_errors=True)  # an earlier try's partial extraction
-    with archive_faults_are_permanent():
-        created = safe_extract(archive, folder, password=password, members=[m.name for m in members],
-                               listed=manifest.members_by_name(), max_total_bytes=manifest.file_bytes)
+        return {"status": "skipped", **here.result(),
+                "checks": [_check("extract", "skipped", "the backup holds no files")]}
     size = sum(m.size for m in members)
-    log.info("Extracted %d files and directories (%s) into %s", len(created), human_bytes(size), folder)
-    return {"status": "extracted", "entries": len(created), "bytes": size,
-            "checks": [_check("extract", "pass", f"{len(created)} entries ({human_bytes(size)}) extracted safely")]}
+    log.info("Checked the %d file and directory entries (%s) of %s: none is unsafe to extract", len(members),
+             human_bytes(size), selected["archive"])
+    return {"status": "checked", "entries": len(members), "bytes": size, **here.result(),
+            "checks": [_check("extract", "pass", f"{len(members)} entries ({human_bytes(size)}) are safe to "
+                                                 "extract: every entry was checked before writing")]}
 
 
 @timed("verify_files")
 def verify_files(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[str, Any],
-                 extracted: Mapping[str, Any]) -> dict[str, Any]:
-    """Every restored file's size and SHA-256 against the manifest."""
+                 verified: Mapping[str, Any], extracted: Mapping[str, Any]) -> dict[str, Any]:
+    """Extract the files, check every one's size and SHA-256 against the manifest, remove them.
+
+    The last phase that reads the archive: this worker's copy goes too (unless ``keep_scratch``).
+    """
+    if extracted.get("status") != "checked":
+        return {"status": "skipped", "archive_kept": _leave_nothing_here(config, selected),
+                "checks": [_check("files", "skipped", "no files were extracted")]}
+    with archive_on_this_worker(config, selected, fetched, verified, last=True) as here:
+        checked = _extract_and_check(config, selected, here)
+    log.info("Extracted and verified %d restored files (%s) and %d directories against the manifest on %s",
+             checked.files, human_bytes(checked.bytes), checked.directories, worker_host())
+    return {"status": "verified", "files": checked.files, "bytes": checked.bytes, **here.result(),
+            "checks": [_check("files", "pass", f"{checked.files} files ({human_bytes(checked.bytes)}) extracted "
+                                               "and match the manifest's sha256")]}
+
+
+def _extract_and_check(config: BackupConfig, selected: Mapping[str, Any], here: ArchiveHere) -> Any:
+    """The files below this worker's working directory, checked, then removed (kept with ``keep_scratch``)."""
     from backup_ops.adapters.backup_fetch import read_manifest
+    from backup_ops.core.extract import safe_extract
     from backup_ops.core.file_check import check_restored_files
     from backup_ops.core.restore_plan import file_members
 
-    if extracted.get("status") != "extracted":
-        return {"status": "skipped", "checks": [_check("files", "skipped", "no files were extracted")]}
     password, source = _password(config)
-    manifest = read_manifest(Path(fetched["archive_path"]), password, password_source=source)
-    with archive_faults_are_permanent():
-        checked = check_restored_files(Path(selected["workdir"]) / FILES_FOLDER, file_members(manifest))
-    log.info("Verified %d restored files (%s) and %d directories against the manifest", checked.files,
-             human_bytes(checked.bytes), checked.directories)
-    return {"status": "verified", "files": checked.files, "bytes": checked.bytes,
-            "checks": [_check("files", "pass", f"{checked.files} files ({human_bytes(checked.bytes)}) match the "
-                                               "manifest's sha256")]}
+    manifest = read_manifest(here.path, password, password_source=source)
+    members = file_members(manifest)
+    folder = _workdir_here(config, selected) / FILES_FOLDER
+    shutil.rmtree(folder, ignore_errors=True)  # an earlier try's
+    keep = bool(selected.get("keep_scratch"))
+    try:
+        with archive_faults_are_permanent():
+            safe_extract(here.path, folder, password=password, members=[m.name for m in members],
+                         listed=manifest.members_by_name(), max_total_bytes=manifest.file_bytes)
+            return check_restored_files(folder, members)
+    finally:
+        if keep:
+            log.warning("Kept the restored files in %s on %s (keep_scratch): they are the application's files in "
+                        "plain text; remove them when done.", folder, worker_host())
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- databases
 
 
 @timed("restore")
-def restore(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[str, Any]) -> dict[str, Any]:
+def restore(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[str, Any],
+            verified: Mapping[str, Any]) -> dict[str, Any]:
     """Each database into its scratch database: created, roles and settings applied, dump loaded, size measured."""
     from backup_ops.adapters.backup_fetch import read_manifest
     from backup_ops.adapters.postgres import restore as pg_restore
 
     password, source = _password(config)
-    archive = Path(fetched["archive_path"])
-    manifest = read_manifest(archive, password, password_source=source)
-    names = scratch_names(datetime.fromisoformat(selected["drill_started_at"]), len(manifest.databases))
-    sources = pg_restore.source_targets([*(db.conn_id for db in config.backup.databases),
-                                         *(db.conn_id for db in manifest.databases)], log=log)
     restored, checks = [], []
-    for db, name in zip(manifest.databases, names, strict=True):
-        conn_id = selected.get("target_conn_id") or db.conn_id
-        server = _target(conn_id)
-        pg_restore.refuse_source_database(server, conn_id, name, sources)
-        pg_restore.drop_scratch_database(server, conn_id, name)  # an earlier try's
-        info = pg_restore.database_info(archive, db, password, password_source=source)
-        notes = pg_restore.create_database(server, conn_id, name, info, log=log)
-        with archive_faults_are_permanent():
-            loaded = pg_restore.restore_database(
-                server, conn_id, name, archive, db, info=info, password=password, workdir=Path(selected["workdir"]),
-                pg_bin_dir=config.backup.pg_bin_dir, jobs=config.restore_drill.jobs, password_source=source,
-                notes=notes, log=log)
-        restored.append({"database": db.database, "scratch": name, "server": loaded.server, "conn_id": conn_id,
-                         "size_bytes": loaded.size_bytes, "tables": len(db.tables), "rows": db.total_rows,
-                         "seconds": round(loaded.seconds, 3), "globals": list(loaded.globals[:50]),
-                         "notes": [*loaded.notes, *db.globals_notes]})
-        checks.append(_check("restore", "pass", f"{db.database} → {name} on {loaded.server}: {len(db.tables)} "
-                                                f"tables, {db.total_rows} rows, {human_bytes(loaded.size_bytes)} "
-                                                f"in {loaded.seconds:.1f} s"))
-    return {"databases": restored, "checks": checks}
+    with archive_on_this_worker(config, selected, fetched, verified) as archive:
+        manifest = read_manifest(archive.path, password, password_source=source)
+        names = scratch_names(datetime.fromisoformat(selected["drill_started_at"]), len(manifest.databases))
+        sources = pg_restore.source_targets([*(db.conn_id for db in config.backup.databases),
+                                             *(db.conn_id for db in manifest.databases)], log=log)
+        workdir = _workdir_here(config, selected)  # a custom-format dump is extracted there, and removed, by restore
+        for db, name in zip(manifest.databases, names, strict=True):
+            conn_id = selected.get("target_conn_id") or db.conn_id
+            server = _target(conn_id)
+            pg_restore.refuse_source_database(server, conn_id, name, sources)
+            pg_restore.drop_scratch_database(server, conn_id, name)  # an earlier try's
+            info = pg_restore.database_info(archive.path, db, password, password_source=source)
+            notes = pg_restore.create_database(server, conn_id, name, info, log=log)
+            with archive_faults_are_permanent():
+                loaded = pg_restore.restore_database(
+                    server, conn_id, name, archive.path, db, info=info, password=password, workdir=workdir,
+                    pg_bin_dir=config.backup.pg_bin_dir, jobs=config.restore_drill.jobs, password_source=source,
+                    notes=notes, log=log)
+            restored.append({"database": db.database, "scratch": name, "server": loaded.server, "conn_id": conn_id,
+                             "size_bytes": loaded.size_bytes, "tables": len(db.tables), "rows": db.total_rows,
+                             "seconds": round(loaded.seconds, 3), "globals": list(loaded.globals[:50]),
+                             "notes": [*loaded.notes, *db.globals_notes]})
+            checks.append(_check("restore", "pass", f"{db.database} → {name} on {loaded.server}: {len(db.tables)} "
+                                                    f"tables, {db.total_rows} rows, {human_bytes(loaded.size_bytes)} "
+                                                    f"in {loaded.seconds:.1f} s"))
+    return {"databases": restored, **archive.result(), "checks": checks}
 
 
 @timed("validate")
 def validate(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[str, Any],
-             restored: Mapping[str, Any], ti: Any = None) -> dict[str, Any]:
+             verified: Mapping[str, Any], restored: Mapping[str, Any], ti: Any = None) -> dict[str, Any]:
     """Every restored table against the manifest (exact rows, same columns) and the configured rules (GX).
 
     A failed validation pushes its summary as this task's XCom (the report needs it), then fails
@@ -267,7 +348,8 @@ def validate(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping
 
     started, clock = datetime.now(UTC), time.monotonic()
     password, source = _password(config)
-    manifest = read_manifest(Path(fetched["archive_path"]), password, password_source=source)
+    with archive_on_this_worker(config, selected, fetched, verified) as here:
+        manifest = read_manifest(here.path, password, password_source=source)
     rules = config.restore_drill.expectations
     tables: list[dict[str, Any]] = []
     import_seconds = 0.0
@@ -286,7 +368,7 @@ def validate(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping
         "tables": len(tables), "passed": len(tables) - len(failed), "failed": len(failed),
         "expectations": sum(len(t["results"]) for t in tables), "import_seconds": round(import_seconds, 3),
         "engines": list(engines), "exact_checks": config.restore_drill.exact_checks,
-        "per_table": [_compact(t) for t in tables], "checks": checks,
+        "per_table": [_compact(t) for t in tables], **here.result(), "checks": checks,
     }
     if result["success"]:
         log.info("Validation passed: %d tables match the manifest exactly", len(tables))
@@ -295,7 +377,7 @@ def validate(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping
     if ti is not None:
         ti.xcom_push("return_value", {**result, "phase": "validate", "started_at": started.isoformat(),
                                       "finished_at": datetime.now(UTC).isoformat(),
-                                      "seconds": round(time.monotonic() - clock, 3)})
+                                      "seconds": round(time.monotonic() - clock, 3), "host": worker_host()})
     raise ValidationFailed(f"The restored data does not match the backup: {first['name']}: {first['detail']}")
 
 
@@ -341,7 +423,7 @@ def report(config: BackupConfig, ti: Any, params: Mapping[str, Any]) -> dict[str
         destination, f", RTO {summary.rto_seconds:.1f} s" if summary.rto_seconds is not None else "", location)
     for check in summary.checks:
         log.info("  [%s] %s: %s", check.status, check.name, check.detail)
-    return {**outcome.data, "report_key": key, "report_location": location}
+    return {**outcome.data, "report_key": key, "report_location": location, "host": worker_host()}
 
 
 def _written_by(destination: BackupDestination, key: str, run_id: str) -> bool:
@@ -355,14 +437,19 @@ def _written_by(destination: BackupDestination, key: str, run_id: str) -> bool:
 
 
 def teardown(config: BackupConfig, ti: Any, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop the scratch databases and the working directory (unless keep_scratch), notify, fail a failed drill."""
+    """Drop the scratch databases and this worker's working directory (unless keep_scratch), notify, fail if failed.
+
+    Other workers' copies of the (encrypted) archive are named in the log; only a drill task there can remove them.
+    """
     from backup_ops.airflow.failures import read_failures
 
     selected = ti.xcom_pull(task_ids="select", default=None) or {}
     verified = ti.xcom_pull(task_ids="verify", default=None) or {}
     drill = ti.xcom_pull(task_ids="report", default=None)
+    phases = {phase: ti.xcom_pull(task_ids=phase, default=None) or {} for phase in ARCHIVE_PHASES}
     failures = read_failures(ti)
     keep = bool(params.get("keep_scratch"))
+    host = worker_host()
     kept, dropped, problems = [], [], []
     for conn_id, name in planned_scratch(selected, verified):
         if keep:
@@ -376,9 +463,13 @@ def teardown(config: BackupConfig, ti: Any, params: Mapping[str, Any]) -> dict[s
     if not keep:
         problems += _remove_workdir(config, selected)
         problems += _sweep_stale_scratch(selected, verified)
-    if kept:
-        log.warning("Kept the scratch database(s) %s and the working directory %s (keep_scratch); drop them when "
-                    "done (the next drill a day later drops them).", ", ".join(kept), selected.get("workdir"))
+        _say_where_copies_stay(selected, phases, host)
+    if keep:
+        workers = dict.fromkeys([*(r["host"] for r in phases.values() if r.get("host")), host])
+        log.warning("Kept the scratch database(s) %s (keep_scratch); what the drill had in its working directory %s "
+                    "(the restored files, the archive copy) stays on the worker(s) that ran it: %s (this one: %s). "
+                    "Drop them when done (the next drill a day later drops them).", ", ".join(kept) or "(none)",
+                    selected.get("workdir"), ", ".join(workers), host)
     elif dropped:
         log.info("Dropped the scratch database(s) %s", ", ".join(dropped))
     succeeded = bool(drill and drill.get("outcome") == "succeeded") and not failures
@@ -390,7 +481,28 @@ def teardown(config: BackupConfig, ti: Any, params: Mapping[str, Any]) -> dict[s
     if problems:
         raise DrillFailed(f"Restore drill of {config.backup.name} succeeded, but its cleanup failed: "
                           + "; ".join(problems))
-    return {"dropped": dropped, "kept": kept}
+    return {"dropped": dropped, "kept": kept, "host": host}
+
+
+def copies_left_elsewhere(phases: Mapping[str, Mapping[str, Any]], here: str) -> list[str]:
+    """The workers other than ``here`` where the last phase that touched the archive there kept its copy."""
+    last_word: dict[str, bool] = {}
+    for phase in ARCHIVE_PHASES:
+        result = phases.get(phase) or {}
+        if result.get("host") and "archive_kept" in result:
+            last_word[str(result["host"])] = bool(result["archive_kept"])
+    return [worker for worker, kept in last_word.items() if kept and worker != here]
+
+
+def _say_where_copies_stay(selected: Mapping[str, Any], phases: Mapping[str, Mapping[str, Any]], here: str) -> None:
+    from backup_ops.airflow.staging import STALE_AFTER
+
+    elsewhere = copies_left_elsewhere(phases, here)
+    if elsewhere:
+        log.info("The encrypted copy of %s stays in %s on %s, where a phase kept it for later phases that ran "
+                 "elsewhere; no plaintext is left there, and a drill task on that worker removes it once it has been "
+                 "untouched for %d hours.", selected.get("archive"), selected.get("workdir"), ", ".join(elsewhere),
+                 STALE_AFTER.total_seconds() // 3600)
 
 
 def planned_scratch(selected: Mapping[str, Any], verified: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -449,6 +561,222 @@ def _notify(config: BackupConfig, ti: Any, params: Mapping[str, Any], drill: Map
             disabled=bool(params.get("disable_notifications")))
 
 
+# ---------------------------------------------------------------------------- the archive on this worker
+
+
+@dataclass
+class ArchiveHere:
+    """The drill's archive as a file on this worker during one phase, and whether the worker keeps it after."""
+
+    path: Path
+    how: str
+    """``read in place``, ``downloaded`` (fetch), ``present`` (an earlier phase here left it), ``fetched again``."""
+    in_place: bool
+    encryption: str | None = None
+    """The manifest's encryption once verify read it; None: the config's (no password, no encryption)."""
+    kept: bool = False
+
+    def result(self) -> dict[str, Any]:
+        return {"archive_copy": self.how, "archive_kept": self.kept}
+
+
+@contextmanager
+def archive_on_this_worker(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[str, Any],
+                           verified: Mapping[str, Any] | None, *, last: bool = False) -> Iterator[ArchiveHere]:
+    """The archive for one phase on this worker; afterwards its copy is kept for later phases here, or removed."""
+    here = archive_here(config, selected, fetched, verified)
+    succeeded = False
+    try:
+        yield here
+        succeeded = True
+    finally:
+        here.kept = _leave_archive(config, selected, here, last=last, succeeded=succeeded)
+        _tidy(Path(selected["workdir"]))
+
+
+def archive_here(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[str, Any],
+                 verified: Mapping[str, Any] | None) -> ArchiveHere:
+    """The archive on this worker: in place on a mounted disk, the copy an earlier phase left here, or fetched again.
+
+    ``verified`` is verify's result (None in verify itself, which proves the archive): a copy is
+    taken when its marker proves it is the file fetched, unchanged, with the sha256 verify proved;
+    one fetched again must hash to that sha256.
+    """
+    encryption = (verified or {}).get("encryption")
+    if fetched.get("in_place"):
+        path = Path(fetched["archive_path"])
+        if not path.is_file():
+            raise DestinationError(f"The archive {path} of destination {selected['destination']} (read in place) "
+                                   f"cannot be found on this worker ({worker_host()}): it was deleted since the "
+                                   "drill began, or this worker does not mount the destination's folder at that path "
+                                   "(every worker that runs restore_drill must).")
+        return ArchiveHere(path, "read in place", True, encryption)
+    sha256 = (verified or {}).get("sha256")
+    workdir = _workdir_here(config, selected)
+    copy = present_copy(workdir, selected["archive"], int(selected["size"]), sha256)
+    if copy is not None:
+        return ArchiveHere(copy, "present", False, encryption)
+    return ArchiveHere(_fetch_again(config, selected, workdir, sha256), "fetched again", False, encryption)
+
+
+def present_copy(workdir: Path, archive: str, size: int, sha256: str | None) -> Path | None:
+    """This worker's copy of ``archive`` when its marker proves it is the file fetched, unchanged; else None.
+
+    Same device, inode, size, mtime and ctime as when the marker was written (any write changes the
+    ctime) means the same bytes, so the copy is not read again. A copy whose sha256 was proved on
+    another worker (its marker has none, or another) is hashed once: a read instead of a download.
+    """
+    from backup_ops.adapters.backup_fetch import ARCHIVE_FILE
+    from backup_ops.core.fileio import sha256_of_file
+
+    path, marker = workdir / ARCHIVE_FILE, _read_marker(workdir)
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    if (marker is None or marker.get("archive") != archive or not stat.S_ISREG(info.st_mode)
+            or info.st_size != size or marker.get("identity") != _identity(info)):
+        return None
+    if sha256 is None or marker.get("sha256") == sha256:
+        return path
+    if sha256_of_file(path)[0] != sha256:
+        return None
+    write_marker(workdir, archive, path, sha256=sha256)
+    return path
+
+
+def _fetch_again(config: BackupConfig, selected: Mapping[str, Any], workdir: Path, sha256: str | None) -> Path:
+    """Download the archive into this worker's working directory; it must be the one verify proved."""
+    from backup_ops.adapters.backup_fetch import fetch_backup
+    from backup_ops.core.fileio import sha256_of_file
+
+    _drop_copy(workdir)
+    fetched = fetch_backup(_destination(config, selected["destination"]), _selected(selected), workdir)
+    if sha256 is not None and (actual := sha256_of_file(fetched.path)[0]) != sha256:
+        _drop_copy(workdir)
+        raise VerificationError(f"Archive {selected['archive']} on destination {selected['destination']} changed "
+                                f"during the drill: fetched again on {worker_host()} it has sha256 {actual}, but "
+                                f"verify proved {sha256}; it was replaced.", retryable=False)
+    write_marker(workdir, selected["archive"], fetched.path, sha256=sha256)
+    log.info("This worker (%s) had not got the archive: fetched it again, %s in %.1f s", worker_host(),
+             human_bytes(fetched.size), fetched.seconds)
+    return fetched.path
+
+
+def _leave_archive(config: BackupConfig, selected: Mapping[str, Any], here: ArchiveHere, *, last: bool,
+                   succeeded: bool) -> bool:
+    """Whether this worker keeps its downloaded copy after a phase; removes it when not.
+
+    Kept for later phases here unless it is plaintext (an archive without encryption: no copy
+    outlives its task) or no later phase reads it (``last`` succeeded; a failed one keeps it for its
+    retry). ``keep_scratch`` keeps it.
+    """
+    if here.in_place:
+        return False
+    if selected.get("keep_scratch"):
+        return True
+    plaintext = here.encryption == "none" if here.encryption else config.backup.password is None
+    if not plaintext and not (last and succeeded):
+        return True
+    _drop_copy(Path(selected["workdir"]))
+    if plaintext:
+        log.info("Removed this worker's copy of %s: the archive is not encrypted, so no copy of it outlives its task",
+                 selected["archive"])
+    return False
+
+
+def _leave_nothing_here(config: BackupConfig, selected: Mapping[str, Any]) -> bool:
+    """Remove this worker's copy of the archive, if it has one, unless keep_scratch; returns whether one stays."""
+    from backup_ops.adapters.backup_fetch import ARCHIVE_FILE
+
+    workdir = Path(selected["workdir"])
+    if workdir.parent != config.backup.staging_directory:
+        return False
+    if selected.get("keep_scratch"):
+        return (workdir / ARCHIVE_FILE).exists()
+    _drop_copy(workdir)
+    _tidy(workdir)
+    return False
+
+
+def stored_encryption(path: Path) -> str | None:
+    """``none`` when the archive's manifest is stored unencrypted, ``encrypted`` when it is not; None: unreadable.
+
+    Read from the zip's central directory only, before verify has proved anything: it only decides
+    whether the copy may wait on this worker for a later phase (a plaintext archive may not).
+    """
+    import zipfile
+
+    from backup_ops.core.manifest import MANIFEST_NAME
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return "encrypted" if zf.getinfo(MANIFEST_NAME).flag_bits & 1 else "none"
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def write_marker(workdir: Path, archive: str, path: Path, *, sha256: str | None) -> None:
+    """Record which archive ``path`` holds, the file's identity now, and the sha256 proved for it (if any)."""
+    marker = workdir / COPY_MARKER
+    partial = marker.with_name(marker.name + ".partial")
+    data = {"archive": archive, "identity": _identity(path.lstat()), "sha256": sha256}
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out)
+    os.replace(partial, marker)
+
+
+def _read_marker(workdir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((workdir / COPY_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _identity(info: os.stat_result) -> list[int]:
+    return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+
+
+def _drop_copy(workdir: Path) -> None:
+    from backup_ops.adapters.backup_fetch import ARCHIVE_FILE
+
+    for name in (COPY_MARKER, ARCHIVE_FILE):
+        try:
+            (workdir / name).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("Could not remove %s on %s: %s", workdir / name, worker_host(), exc.strerror or exc)
+
+
+def _tidy(workdir: Path) -> None:
+    """Remove this worker's working directory once it is empty: nothing of the drill stays here."""
+    with suppress(OSError):
+        workdir.rmdir()
+
+
+def _workdir_here(config: BackupConfig, selected: Mapping[str, Any], *, fresh: bool = False) -> Path:
+    """This worker's 0700 working directory (emptied first when ``fresh``); sweeps what crashed drills left here."""
+    from backup_ops.airflow.staging import sweep_stale_runs
+
+    workdir, root = Path(selected["workdir"]), config.backup.staging_directory
+    if workdir.parent != root:
+        raise BackupError(f"Refusing to use {workdir}: it is not a run folder below {root}.")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if fresh and workdir.exists() and not workdir.is_symlink():
+            shutil.rmtree(workdir)
+        if workdir.is_symlink():
+            raise BackupError(f"Refusing to use {workdir}: it is a symbolic link.", retryable=False)
+        workdir.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(workdir, 0o700)
+    except OSError as exc:
+        raise ConfigError(f"backup.staging_directory {root} cannot be used for the drill's working directory "
+                          f"({exc.strerror}); point it at a writable directory.") from exc
+    sweep_stale_runs(root, DAG_ID, keep=workdir)
+    return workdir
+
+
 # ---------------------------------------------------------------------------- helpers
 
 
@@ -485,21 +813,6 @@ def _password(config: BackupConfig) -> tuple[bytes | None, str]:
     return (password.encode() if password else None), password_source_of(config.backup.password)
 
 
-def _fresh_workdir(config: BackupConfig, workdir: Path) -> None:
-    """An empty 0700 working directory (an earlier try's is removed first)."""
-    if workdir.parent != config.backup.staging_directory:
-        raise BackupError(f"Refusing to use {workdir}: it is not a run folder below {config.backup.staging_directory}.")
-    try:
-        config.backup.staging_directory.mkdir(parents=True, exist_ok=True)
-        if workdir.exists() and not workdir.is_symlink():
-            shutil.rmtree(workdir)
-        workdir.mkdir(mode=0o700)
-        os.chmod(workdir, 0o700)
-    except OSError as exc:
-        raise ConfigError(f"backup.staging_directory {config.backup.staging_directory} cannot be used for the "
-                          f"drill's working directory ({exc.strerror}); point it at a writable directory.") from exc
-
-
 def _remove_workdir(config: BackupConfig, selected: Mapping[str, Any]) -> list[str]:
     workdir = Path(selected["workdir"]) if selected.get("workdir") else None
     if workdir is None or not workdir.exists():
@@ -509,8 +822,8 @@ def _remove_workdir(config: BackupConfig, selected: Mapping[str, Any]) -> list[s
     try:
         shutil.rmtree(workdir)
     except OSError as exc:
-        return [f"could not remove the working directory {workdir}: {exc.strerror or exc}"]
-    log.info("Removed the working directory %s", workdir)
+        return [f"could not remove the working directory {workdir} on {worker_host()}: {exc.strerror or exc}"]
+    log.info("Removed the working directory %s on %s", workdir, worker_host())
     return []
 
 
