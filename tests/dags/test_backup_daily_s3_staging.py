@@ -166,3 +166,28 @@ def test_the_archive_streams_from_the_bucket_into_publish(s3_staging):
     assert (dest.root / result["path"]).read_bytes() == payload and result["sha256"] == archive["sha256"]
     assert list(s3_staging["work"].iterdir()) == []
     run.remove()
+
+
+def test_a_task_removes_what_killed_tasks_of_its_dag_left_on_its_host(s3_staging):
+    """No setup may ever run on a dump worker: its next task removes stale work folders of the DAG there."""
+    import os
+    import time
+
+    config = load_config()
+    work = s3_staging["work"]
+    work.mkdir(parents=True, exist_ok=True)
+    killed = work / "backup_daily__scheduled__killed-abc123"
+    recent = work / "backup_daily__scheduled__running-def456"
+    other_dag = work / "restore_drill__manual__x-ghi789"
+    for folder in (killed, recent, other_dag):
+        (folder / "db-dumps").mkdir(parents=True)
+        (folder / "db-dumps" / "postgresql-app.sql.gz").write_bytes(b"plaintext rows")
+    day_and_more = time.time() - 25 * 3600
+    for folder in (killed, other_dag):
+        for path in (folder / "db-dumps" / "postgresql-app.sql.gz", folder / "db-dumps", folder):
+            os.utime(path, (day_and_more, day_and_more))
+    with StagedRun.of(config, f"{STAGING_URL}/backup_daily__manual__next").workdir() as mine:
+        assert mine.is_dir()
+        assert not killed.exists(), "a day-old work folder of this DAG is removed"
+        assert recent.exists() and other_dag.exists(), "a task may still be using it / another DAG's"
+    assert not mine.exists()

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 COPY_CHUNK = 8 << 20
 WRITE_BLOCK = 16 << 20
 """Multipart part size of staged writes: extra memory is about three blocks, whatever the object's size."""
+WORK_STALE_AFTER = timedelta(hours=24)
+"""A work folder untouched this long belongs to a task that was killed (backup_daily's runs end within 23 h)."""
 RUN_MARKER = ".backup-ops-run"
 """Written first into every remote run prefix: it names the run, and its age dates a prefix that holds nothing else."""
 
@@ -95,6 +97,9 @@ class StagedRun:
         except OSError as exc:
             raise ConfigError(f"backup.staging_directory {self.work_root} cannot hold this task's work folder "
                               f"({exc.strerror or exc}); point it at a writable local directory.") from exc
+        # What tasks of this DAG killed on this host left (a plaintext dump, perhaps): no setup may run here.
+        dag_prefix = self.folder_name.split("__", 1)[0] + "__"
+        sweep_local(self.work_root, dag_prefix, keep=folder, stale_after=WORK_STALE_AFTER)
         try:
             yield folder
         finally:
@@ -240,6 +245,52 @@ class StagedRun:
         except Exception as exc:
             raise _store_error(f"remove this run's staging at {self.location}", exc) from exc
         return len(names)
+
+
+def sweep_local(root: Path, name_prefix: str, *, keep: Path, stale_after: timedelta,
+                now: float | None = None) -> list[Path]:
+    """Remove the folders below ``root`` named ``name_prefix…`` (but ``keep``) untouched for ``stale_after``.
+
+    Such a folder belongs to a run or task killed before it cleaned up, and may hold plaintext
+    dumps. Returns what was removed; one that cannot be removed is logged and left for next time.
+    """
+    cutoff = (time.time() if now is None else now) - stale_after.total_seconds()
+    removed: list[Path] = []
+    for path in [p for p in _entries(root) if p.name.startswith(name_prefix) and p != keep]:
+        try:
+            if path.is_symlink() or _newest_change(path) >= cutoff:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError as exc:
+            log.warning("Could not remove %s, left over by an earlier run: %s", path, exc.strerror or exc)
+            continue
+        log.warning("Removed %s, left over by an earlier run that ended without its teardown (untouched for over "
+                    "%d hours)", path, stale_after.total_seconds() // 3600)
+        removed.append(path)
+    return removed
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _newest_change(path: Path) -> float:
+    """The latest modification time of ``path`` or anything below it (links are not followed)."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for folder, dirs, files in os.walk(path):
+            for name in (*dirs, *files):
+                try:
+                    newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+                except FileNotFoundError:
+                    continue
+    return newest
 
 
 def stale_prefixes(root: str, conn_id: str | None, name_prefix: str, keep: str, older_than: datetime) -> list[str]:

@@ -8,8 +8,8 @@ reach every destination: clearing that run's failed publish task then finds it. 
 mid-run never reaches its teardown, so every new run also removes the folders or prefixes of runs
 that cannot be running any more: nothing in them changed for longer than the DAG's longest
 possible run (``LONGEST_RUN``, its ``dagrun_timeout``). With ``s3://`` staging each task's own work
-folder on its worker is removed by that task; a worker killed mid-task leaves one, removed by the
-next run's setup on that host (or by any later task of the DAG there).
+folder on its worker is removed by that task; a worker killed mid-task leaves one, removed once
+stale by the next task of the DAG that works on that host.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -77,25 +76,9 @@ def sweep_stale_runs(root: Path, dag_id: str, *, keep: Path, now: float | None =
     its folder may hold plaintext dumps. Returns what was removed; a folder that cannot be removed
     is logged and left for the next run.
     """
-    cutoff = (time.time() if now is None else now) - STALE_AFTER.total_seconds()
-    prefix = run_folder_name(dag_id, "")
-    removed: list[Path] = []
-    candidates = [p for p in _entries(root) if p.name.startswith(prefix) and p != keep]
-    for path in candidates:
-        try:
-            if path.is_symlink() or _newest_change(path) >= cutoff:
-                continue
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        except OSError as exc:
-            log.warning("Could not remove %s, left over by an earlier run: %s", path, exc.strerror or exc)
-            continue
-        log.warning("Removed %s, left over by an earlier run that ended without its teardown (untouched for over "
-                    "%d hours)", path, STALE_AFTER.total_seconds() // 3600)
-        removed.append(path)
-    return removed
+    from backup_ops.adapters.staging_store import sweep_local
+
+    return sweep_local(root, run_folder_name(dag_id, ""), keep=keep, stale_after=STALE_AFTER, now=now)
 
 
 def remove_staging(config: BackupConfig, staging_dir: str | None, *, archive: dict[str, Any] | None = None,
@@ -150,23 +133,3 @@ def _remove_remote(config: BackupConfig, location: str, keep_archive: str | None
     log.warning("Kept the staged archive %s: not every destination got a verified copy, so clearing a failed "
                 "publish task can still publish it; the dumps were removed, and a later run removes the archive "
                 "after %d hours.", run.child(kept), STALE_AFTER.total_seconds() // 3600)
-
-
-def _entries(folder: Path) -> list[Path]:
-    try:
-        return list(folder.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _newest_change(path: Path) -> float:
-    """The latest modification time of ``path`` or anything below it (links are not followed)."""
-    newest = path.lstat().st_mtime
-    if path.is_dir() and not path.is_symlink():
-        for folder, dirs, files in os.walk(path):
-            for name in (*dirs, *files):
-                try:
-                    newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
-                except FileNotFoundError:
-                    continue
-    return newest
