@@ -83,8 +83,13 @@ class Bucket:
             # botocore pools 10 connections; more concurrent part uploads than that would open
             # and drop a connection per request, so size the pool to the upload concurrency.
             pool = max(base.max_pool_connections or 10, self.max_concurrency + 2)
-            return hook.get_client_type(region_name=hook.region_name,
-                                        config=base.merge(Config(max_pool_connections=pool)))
+            ours = Config(max_pool_connections=pool)
+            if not base.retries:
+                # botocore's "standard" retries (3 attempts, jittered backoff), which botocore 1.44 made the
+                # default; older releases default to "legacy" (5 attempts, ~30 s on a dead endpoint). Pinned
+                # so behaviour does not change with the version; a connection's own retries config wins.
+                ours = ours.merge(Config(retries={"mode": "standard"}))
+            return hook.get_client_type(region_name=hook.region_name, config=base.merge(ours))
         except Exception as exc:
             # A connection that does not exist stays missing; anything else (a secrets backend down) may heal.
             raise DestinationError(
