@@ -14,11 +14,13 @@ help:
 	@echo "make bench  - benchmarks: backup against pg_dump | gzip, restore drill against gunzip | psql"
 	@echo "make lock   - re-pin requirements*.txt from requirements*.in"
 
+# Bytecode is compiled at install: with PYTHONDONTWRITEBYTECODE set (as on some CI machines) every airflow
+# process would otherwise compile Airflow again at its start (~2 s each, and the tests start many).
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "backup-ops needs Python 3.11 or newer (PYTHON=$(PYTHON))")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.txt -r requirements-dev.txt
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -r requirements.txt -r requirements-dev.txt
 	@touch $@
 
 # 7-Zip is what users open encrypted archives with, and rsync what docs/BACKUP_RESTORE.md puts files
