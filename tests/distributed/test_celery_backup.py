@@ -10,7 +10,9 @@ the test's S3 endpoint; the archive goes to an S3 bucket and a local folder.
 
 The test triggers ``backup_daily`` for two databases through the REST API and checks the archive
 (both dumps and the files, verified), where each task ran, and that no staging object and no file
-in a worker's folder is left; then ``backup_cleanup`` and ``backup_monitor`` on the same stack.
+in a worker's folder is left; then a ``restore_drill`` of the S3 copy (its phases on whichever
+worker takes them: no plaintext may stay on any), and ``backup_cleanup`` and ``backup_monitor``
+(which finds the drill's report fresh) on the same stack.
 Every process is stopped by its PID afterwards, whatever happened.
 
 Which worker takes a task is up to the broker, so the workers' slots make "both workers ran
@@ -61,6 +63,8 @@ FILES_QUEUE = "files"
 WORKER_A, WORKER_FILES = "worker-a", "worker-files"
 STAGING_BUCKET, STAGING_PREFIX = "backup-ops-staging", "runs"
 DEST_PREFIX = "prod"
+DRILL_SERVER = "drill_server"
+DAGS = ("backup_daily", "restore_drill", "backup_cleanup", "backup_monitor")
 DATABASES = {"app_sales": ("celery_sales", "plain"), "app_billing": ("celery_billing", "custom")}
 APP_FILES = {
     ".env": b"APP_NAME=Invoicing\nAPP_ENV=production\n",
@@ -99,8 +103,9 @@ class Deployment:
                                      response=answer)
         return answer.json()
 
-    def trigger(self, dag_id: str) -> str:
-        return str(self.call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None})["dag_run_id"])
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        body = {"logical_date": None, **({"conf": conf} if conf else {})}
+        return str(self.call("POST", f"/dags/{dag_id}/dagRuns", json=body)["dag_run_id"])
 
     def wait_for_run(self, dag_id: str, run_id: str) -> str:
         def finished() -> str | None:
@@ -196,8 +201,10 @@ def _config(directory: Path, pg_server: EmbeddedPostgres) -> dict[str, Any]:
             "deadline_minutes": 30,
         },
         "cleanup": {"tries": 1, "retry_delay": 0},
-        # No restore drill has run on this fresh stack: that check is not what is proven here.
-        "monitor": {"tries": 1, "retry_delay": 0, "restore_drill_max_age_days": None},
+        # Scratch databases on the test server, through a connection of its own (never a source database).
+        "restore_drill": {"target_conn_id": DRILL_SERVER, "tries": 1, "retry_delay": 0},
+        # The drill runs before the monitor, which then finds its report on S3 (restore_drill_fresh).
+        "monitor": {"tries": 1, "retry_delay": 0, "restore_drill_max_age_days": 35},
     }
 
 
@@ -245,6 +252,7 @@ def deployment(tmp_path: Path, pg_server: EmbeddedPostgres, sample_template: str
         f"AIRFLOW_CONN_{S3_CONN_ID.upper()}": os.environ[f"AIRFLOW_CONN_{S3_CONN_ID.upper()}"],
         **{f"AIRFLOW_CONN_{conn_id.upper()}": pg_server.conn_uri(database)
            for conn_id, (database, _) in DATABASES.items()},
+        f"AIRFLOW_CONN_{DRILL_SERVER.upper()}": pg_server.conn_uri("postgres"),
     }
     try:
         with running_airflow(pg_server, tmp_path, dags_folder=ROOT / "dags", name="celery", extra=extra) as stack, \
@@ -279,8 +287,8 @@ def test_backup_daily_cleanup_and_monitor_on_two_celery_workers(
     test_started = time.monotonic()
     stack.wait_for("the DAGs to be parsed", lambda: all(
         requests.get(f"{d.api}/dags/{dag}", headers={"Authorization": f"Bearer {d.token}"}, timeout=10).ok
-        for dag in ("backup_daily", "backup_cleanup", "backup_monitor")), 90)
-    for dag in ("backup_daily", "backup_cleanup", "backup_monitor"):
+        for dag in DAGS), 90)
+    for dag in DAGS:
         d.call("PATCH", f"/dags/{dag}", json={"is_paused": False})
 
     run = d.trigger("backup_daily")
@@ -333,6 +341,22 @@ def test_backup_daily_cleanup_and_monitor_on_two_celery_workers(
         assert left == [], f"{name} left files on its local disk: {left}"
     assert not (tmp_path / "elsewhere").exists()  # the config's default, where no worker points
 
+    # A restore drill of the S3 copy, its phases on whichever worker takes them: it restores both
+    # databases and checks the files, and leaves no plaintext on any worker (at most an encrypted copy).
+    drill = d.trigger("restore_drill", {"destination": "offsite", "backup": "latest"})
+    assert d.wait_for_run("restore_drill", drill) == "success", d.why("restore_drill", drill)
+    drill_tis = d.task_instances("restore_drill", drill)
+    assert {ti["state"] for ti in drill_tis} == {"success"}, d.why("restore_drill", drill)
+    reports = s3_client.list_objects_v2(Bucket=TEST_BUCKET, Prefix=f"{DEST_PREFIX}/{BACKUP_NAME}/restore-drills/")
+    (report_key,) = [o["Key"] for o in reports.get("Contents", [])]
+    report = json.loads(s3_client.get_object(Bucket=TEST_BUCKET, Key=report_key)["Body"].read())
+    assert (report["archive"], report["outcome"]) == (f"{BACKUP_NAME}/{archive_key.rsplit('/', 1)[1]}", "succeeded")
+    for name, (tmp, work) in d.local_folders.items():
+        left = [p for folder in (tmp, work) for p in folder.rglob("*") if not p.is_dir()]
+        plaintext = [str(p) for p in left if not p.name.startswith("archive.zip")]
+        assert plaintext == [], f"the drill left files on {name}: {plaintext}"
+    keys = sorted([*keys, report_key])
+
     # backup_cleanup and backup_monitor on the same stack, at the same time.
     runs = {dag: d.trigger(dag) for dag in ("backup_cleanup", "backup_monitor")}
     for dag, run_id in runs.items():
@@ -354,4 +378,5 @@ def test_backup_daily_cleanup_and_monitor_on_two_celery_workers(
     print("\ntimings (s):", json.dumps({k: round(v, 1) for k, v in {**stack.timings, **d.timings}.items()}),
           f"\npeak memory of the stack: RSS {d.memory.peak_rss / 2**30:.2f} GiB, "
           f"PSS {d.memory.peak_pss / 2**30:.2f} GiB",
-          "\nbackup_daily's tasks ran on:", json.dumps(placement))
+          "\nbackup_daily's tasks ran on:", json.dumps(placement),
+          "\nrestore_drill's tasks ran on:", json.dumps({ti["task_id"]: ti["hostname"] for ti in drill_tis}))

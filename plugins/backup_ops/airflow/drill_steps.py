@@ -153,7 +153,7 @@ def fetch(config: BackupConfig, selected: Mapping[str, Any]) -> dict[str, Any]:
     """
     from backup_ops.adapters.backup_fetch import fetch_backup
 
-    workdir = Path(selected["workdir"])
+    workdir = _here_workdir(config, selected)
     destination = _destination(config, selected["destination"])
     if destination.local_path(selected["archive"]) is None:  # a download: into a fresh folder on this worker
         _workdir_here(config, selected, fresh=True)
@@ -189,7 +189,7 @@ def verify(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[s
         # What later phases hold their copy to: the receipt's sha256 verify_archive just matched, else hashed here.
         sha256 = str(receipt["sha256"]).lower() if receipt else sha256_of_file(here.path)[0]
         if not here.in_place:
-            write_marker(Path(selected["workdir"]), selected["archive"], here.path, sha256=sha256)
+            write_marker(_here_workdir(config, selected), selected["archive"], here.path, sha256=sha256)
     checks = [
         _check("checksum", "pass", "size and sha256 match the receipt") if receipt
         else _check("checksum", "skipped", "no receipt beside the archive; its members were checked against the "
@@ -591,7 +591,7 @@ def archive_on_this_worker(config: BackupConfig, selected: Mapping[str, Any], fe
         succeeded = True
     finally:
         here.kept = _leave_archive(config, selected, here, last=last, succeeded=succeeded)
-        _tidy(Path(selected["workdir"]))
+        _tidy(_here_workdir(config, selected))
 
 
 def archive_here(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[str, Any],
@@ -678,7 +678,7 @@ def _leave_archive(config: BackupConfig, selected: Mapping[str, Any], here: Arch
     plaintext = here.encryption == "none" if here.encryption else config.backup.password is None
     if not plaintext and not (last and succeeded):
         return True
-    _drop_copy(Path(selected["workdir"]))
+    _drop_copy(_here_workdir(config, selected))
     if plaintext:
         log.info("Removed this worker's copy of %s: the archive is not encrypted, so no copy of it outlives its task",
                  selected["archive"])
@@ -689,7 +689,7 @@ def _leave_nothing_here(config: BackupConfig, selected: Mapping[str, Any]) -> bo
     """Remove this worker's copy of the archive, if it has one, unless keep_scratch; returns whether one stays."""
     from backup_ops.adapters.backup_fetch import ARCHIVE_FILE
 
-    workdir = Path(selected["workdir"])
+    workdir = _here_workdir(config, selected)
     if workdir.parent != config.backup.staging_directory:
         return False
     if selected.get("keep_scratch"):
@@ -759,7 +759,7 @@ def _workdir_here(config: BackupConfig, selected: Mapping[str, Any], *, fresh: b
     """This worker's 0700 working directory (emptied first when ``fresh``); sweeps what crashed drills left here."""
     from backup_ops.airflow.staging import sweep_stale_runs
 
-    workdir, root = Path(selected["workdir"]), config.backup.staging_directory
+    workdir, root = _here_workdir(config, selected), config.backup.staging_directory
     if workdir.parent != root:
         raise BackupError(f"Refusing to use {workdir}: it is not a run folder below {root}.")
     try:
@@ -778,6 +778,15 @@ def _workdir_here(config: BackupConfig, selected: Mapping[str, Any], *, fresh: b
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _here_workdir(config: BackupConfig, selected: Mapping[str, Any]) -> Path:
+    """The drill's working directory on this worker: its run folder below this worker's staging_directory.
+
+    ``selected["workdir"]`` is where ``select`` ran; another worker's ``backup.staging_directory`` may
+    differ (each its own local disk), so only the run folder's name travels.
+    """
+    return config.backup.staging_directory / Path(str(selected["workdir"])).name
 
 
 def workdir_for(config: BackupConfig, run_id: str) -> Path:
@@ -814,7 +823,7 @@ def _password(config: BackupConfig) -> tuple[bytes | None, str]:
 
 
 def _remove_workdir(config: BackupConfig, selected: Mapping[str, Any]) -> list[str]:
-    workdir = Path(selected["workdir"]) if selected.get("workdir") else None
+    workdir = _here_workdir(config, selected) if selected.get("workdir") else None
     if workdir is None or not workdir.exists():
         return []
     if workdir.parent != config.backup.staging_directory:
