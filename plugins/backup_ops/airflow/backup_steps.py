@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import platform
-import socket
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from backup_ops import __version__
 from backup_ops.adapters.destinations.base import BackupDestination
 from backup_ops.adapters.postgres.target import target_from_connection
 from backup_ops.adapters.staging_store import StagedRun, is_remote
+from backup_ops.airflow.worker import worker_host
 from backup_ops.core.config import BackupConfig, LocalDestinationConfig
 from backup_ops.core.errors import BackupError, ConfigError, DestinationError
 from backup_ops.core.models import DumpResult, Receipt, archive_file_name, human_bytes
@@ -280,16 +280,6 @@ def refuse_missing_includes(config: BackupConfig) -> None:
         f"None of source.files.include ({', '.join(str(p) for p in includes)}) exists on {worker_host()}, the worker "
         f"that ran this task from {queue} (backup.files_queue): run a worker that mounts the application's files on "
         "that queue (and only there), or fix the include paths.", retryable=True)
-
-
-def worker_host() -> str:
-    """This worker's host name, as Airflow records it on task instances."""
-    try:
-        from airflow.utils.net import get_hostname
-
-        return str(get_hostname())
-    except Exception:  # outside Airflow (the check command)
-        return socket.gethostname()
 
 
 def _read_listing(run: StagedRun, location: str) -> Any:

@@ -47,6 +47,7 @@ from typing import Any
 
 from backup_ops.adapters.destinations.base import BackupDestination
 from backup_ops.adapters.postgres.target import PgTarget
+from backup_ops.airflow.worker import worker_host
 from backup_ops.core.config import BackupConfig
 from backup_ops.core.errors import ArchiveError, BackupError, ConfigError, DestinationError, VerificationError
 from backup_ops.core.models import BackupFile, Receipt, human_bytes, run_folder_name
@@ -104,13 +105,6 @@ def timed(phase: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[...,
                     "host": worker_host()}
         return run
     return decorate
-
-
-def worker_host() -> str:
-    """This worker's host name as Airflow records it on task instances (``[core] hostname_callable``)."""
-    from backup_ops.airflow.backup_steps import worker_host as host
-
-    return host()
 
 
 def _check(name: str, status: str, detail: str) -> dict[str, str]:
