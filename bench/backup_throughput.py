@@ -364,7 +364,7 @@ def run_steps(clock: StepClock, params: dict[str, Any], run_id: str) -> dict[str
             task_config = load_config()
             staged = StagedRun.of(task_config, planned["staging_dir"])
             with staged.workdir() as work:
-                job = steps.dump_job(task_config, conn_id, str(work))
+                job = steps.dump_job(task_config, conn_id, str(work), sealed=staged.remote)
                 dumps.append(steps.dump_database(job, conn_id, staged))
     with clock.step("files"):
         files = steps.collect_files(config, planned["staging_dir"], planned["include_files"])

@@ -191,3 +191,26 @@ def test_a_task_removes_what_killed_tasks_of_its_dag_left_on_its_host(s3_staging
         assert not killed.exists(), "a day-old work folder of this DAG is removed"
         assert recent.exists() and other_dag.exists(), "a task may still be using it / another DAG's"
     assert not mine.exists()
+
+
+def test_a_dump_staged_in_a_bucket_is_encrypted_as_it_streams(s3_staging):
+    """With remote staging the dump is sealed (core.sealed_member): the bucket never holds it in the clear."""
+    from backup_ops.core.sealed_member import password_matches, sealed_overhead
+
+    config = load_config()
+    conn_id = config.backup.databases[0].conn_id
+    run = StagedRun.of(config, f"{STAGING_URL}/backup_daily__manual__sealed")
+    run.prepare()
+    try:
+        with run.workdir() as work:
+            summary = backup_steps.dump_database(backup_steps.dump_job(config, conn_id, str(work), sealed=run.remote),
+                                                 conn_id, run)
+        result = json.loads(run.read_bytes(summary["result_file"]))
+        assert result["staged_encryption"] == "aes256" and result["staged_path"].endswith(".sql.gz.aes")
+        sealed = run.read_bytes(result["staged_path"])
+        assert len(sealed) == summary["bytes"] + sealed_overhead(256)
+        assert password_matches(sealed[:18], PASSWORD.encode(), 256)
+        assert b"COPY " not in sealed and not sealed[18:].startswith(b"\x1f\x8b")
+        assert not any(key.endswith(".sql.gz") for key in staged_keys(s3_staging["endpoint"]))
+    finally:
+        run.remove()

@@ -94,3 +94,37 @@ def test_7zip_rejects_a_wrong_password(built: tuple[Path, Path, DumpResult]) -> 
     tested = run(seven_zip, "t", "-pwrong-password", str(target))
     assert tested.returncode != 0
     assert "Wrong password" in tested.stdout + tested.stderr
+
+
+def test_7zip_opens_an_archive_whose_dump_was_encrypted_as_it_was_dumped(tmp_path: Path) -> None:
+    """A sealed dump (core.sealed_member) is copied into its member as is: 7-Zip must decrypt it all the same."""
+    from backup_ops.core.archive_read import verify_archive
+    from backup_ops.core.sealed_member import MemberSealer
+
+    seven_zip = find_7zip()
+    dump_bytes = b"\x1f\x8b" + os.urandom(300_001)
+    sealer = MemberSealer(PASSWORD.encode(), 256)
+    sealed = tmp_path / "postgresql-app.sql.gz.aes"
+    sealed.write_bytes(sealer.header + sealer.seal(dump_bytes[:70_000]) + sealer.seal(dump_bytes[70_000:])
+                       + sealer.trailer())
+    dump = DumpResult(
+        conn_id="app_db", database="app", member_name="db-dumps/postgresql-app.sql.gz", staged_path=str(sealed),
+        format="plain", compression="gzip:3", size=len(dump_bytes), sha256=hashlib.sha256(dump_bytes).hexdigest(),
+        duration_s=0.1, snapshot_id="s", server_version="18.1", pg_dump_version="18.1", staged_encryption="aes256",
+    )
+    target = tmp_path / "2026-03-01-02-00-00.zip"
+    result = build_archive(
+        target, dumps=[dump], files=[], password=PASSWORD.encode(), encryption="aes256", compression_level=6,
+        make_manifest=lambda members: build_manifest(
+            backup_name="my-app", created_at=datetime.now(UTC), archive_name=target.name, run=None, dumps=[dump],
+            members=members, encryption="aes256", tool_versions={}),
+    )
+    verify_archive(target, password=PASSWORD.encode(), expected_sha256=result.sha256, expected_size=result.size)
+
+    tested = run(seven_zip, "t", f"-p{PASSWORD}", str(target))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "Method = AES-256 Store" in run(seven_zip, "l", "-slt", f"-p{PASSWORD}", str(target)).stdout
+    out = tmp_path / "extracted"
+    extracted = run(seven_zip, "x", f"-p{PASSWORD}", f"-o{out}", "-y", str(target))
+    assert extracted.returncode == 0, extracted.stdout + extracted.stderr
+    assert (out / dump.member_name).read_bytes() == dump_bytes

@@ -170,6 +170,36 @@ def test_plain_gzip_dump_records_exact_counts_and_restores(pg_server, app_db, pg
         pg_server.drop_database(restored)
 
 
+def test_a_sealed_dump_is_staged_encrypted_and_decrypts_to_what_was_counted(pg_server, app_db, pg_target, staging,
+                                                                          source):
+    """With the archive's password, the dump is encrypted as it streams: never in the clear on the staging disk."""
+    import hmac
+
+    from backup_ops.core.aes_ctr import WinZipCtr
+    from backup_ops.core.aes_keys import derive_key_for_salt
+    from backup_ops.core.sealed_member import Sealing, sealed_overhead
+
+    password = b"sealing password"
+    result = DumpJob(pg_target, source, staging, pg_bin_dir=pg_server.bin_dir, seal=Sealing(password, 256)).run()
+
+    path = Path(result.staged_path)
+    assert path.name == f"postgresql-{app_db}.sql.gz.aes" and result.staged_encryption == "aes256"
+    assert result.member_name == f"db-dumps/postgresql-{app_db}.sql.gz"
+    assert staged_files(staging) == outputs(result)
+    sealed = path.read_bytes()
+    assert len(sealed) == result.size + sealed_overhead(256)
+    assert not sealed.startswith(b"\x1f\x8b", 18) and b"COPY public." not in sealed
+    salt, verifier, body, code = sealed[:16], sealed[16:18], sealed[18:-10], sealed[-10:]
+    material = derive_key_for_salt(password, salt, 256).material
+    assert material[64:] == verifier
+    assert hmac.new(material[32:64], body, "sha1").digest()[:10] == code
+    data = WinZipCtr(material[:32]).decrypt(body)
+    assert (len(data), hashlib.sha256(data).hexdigest()) == (result.size, result.sha256)
+    counts = recorded(result)
+    assert counts == live_stats(pg_server, app_db, sorted(counts))
+    assert {k: v[1] for k, v in counts.items()} == copied_tables(gzip.decompress(data).decode())
+
+
 def test_the_roles_and_settings_left_by_a_killed_attempt_are_replaced(pg_server, app_db, pg_target, staging, source):
     out = staging / "db-dumps"
     out.mkdir(parents=True)

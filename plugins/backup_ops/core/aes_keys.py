@@ -23,8 +23,9 @@ position) and derive their keys while the current member is decrypted. A key is 
 salt it was derived from, compared with the salt pyzipper reads when it opens the member; anything
 else (a member out of order, a file object without a descriptor, a header the thread could not
 read) is derived on the spot as before. The two-byte password verifier is checked per member
-exactly as pyzipper checks it, with pyzipper's error. Every member read, ahead or not, is decrypted
-with pyzipper's AES-CTR and authenticated with the standard library's HMAC-SHA1.
+exactly as pyzipper checks it, with pyzipper's error. Every member written or read, keyed ahead or
+not, is encrypted or decrypted with ``aes_ctr.WinZipCtr`` (OpenSSL's AES, about 3× pycryptodome's CTR
+that pyzipper uses) and authenticated with the standard library's HMAC-SHA1.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
+
+from backup_ops.core.aes_ctr import WinZipCtr
 
 PBKDF2_ITERATIONS = 1000  # fixed by the WinZip AES format
 SALT_BYTES = {128: 8, 192: 12, 256: 16}
@@ -252,6 +255,15 @@ def prederived_encrypter(key: DerivedKey, nbits: int) -> Any:
     return _pyzipper_hook().encrypter(key, nbits)
 
 
+def sealed_encrypter(header: bytes, nbits: int) -> Any:
+    """pyzipper's WinZip AES encrypter for a member whose bytes were encrypted already (``core.sealed_member``).
+
+    It writes ``header`` (salt and verifier) as the encryption header, passes the ciphertext written
+    through unchanged, and writes the authentication code set as its ``trailer`` before the member is closed.
+    """
+    return _pyzipper_hook().sealed(header, nbits)
+
+
 def prederived_decrypter(zinfo: Any, pwd: bytes, encryption_header: bytes, material: bytes | None = None) -> Any:
     """pyzipper's WinZip AES decrypter for one member, from ``material`` (derived here when None)."""
     return _pyzipper_hook().decrypter(zinfo, pwd, encryption_header, material)
@@ -261,13 +273,12 @@ class _Hook(NamedTuple):
     encrypter: Any
     decrypter: Any
     zip_file: Any
+    sealed: Any
 
 
 @functools.cache
 def _pyzipper_hook() -> _Hook:
     """The pyzipper subclasses, defined on first use (pyzipper is heavy to import)."""
-    from Cryptodome.Cipher import AES
-    from Cryptodome.Util import Counter
     from pyzipper.zipfile_aes import (
         WZ_AES,
         WZ_AES_V2,
@@ -283,9 +294,10 @@ def _pyzipper_hook() -> _Hook:
         """``AESZipEncrypter`` set up from a pre-derived key.
 
         Its ``__init__`` derives the key itself, so it is not called: this sets the same attributes
-        from ``key`` (``tests/unit/test_aes_keys.py`` checks they stay the same set). The HMAC-SHA1 is
-        the standard library's (OpenSSL: about 2.7× pycryptodome's speed here, and a cheaper set-up
-        per member); the same function, so every reader checks it as before.
+        from ``key`` (``tests/unit/test_aes_keys.py`` checks they stay the same set). The AES-CTR is
+        ``WinZipCtr`` and the HMAC-SHA1 the standard library's (both OpenSSL: about 3× and 2.7×
+        pycryptodome's speed here, and a cheaper set-up per member); the same functions, so every
+        reader checks them as before.
         """
 
         def __init__(self, key: DerivedKey, nbits: int) -> None:
@@ -299,17 +311,40 @@ def _pyzipper_hook() -> _Hook:
             self.aes_strength = AES_STRENGTH[nbits]
             self.salt = key.salt
             self.encpwdverify = key.material[2 * key_length:]
-            self.encrypter = AES.new(key.material[:key_length], AES.MODE_CTR,
-                                     counter=Counter.new(nbits=128, little_endian=True))
+            self.encrypter = WinZipCtr(key.material[:key_length])
             self.hmac = hmac.new(key.material[key_length:2 * key_length], digestmod="sha1")
+
+    class SealedAESEncrypter(AESZipEncrypter):
+        """``AESZipEncrypter`` for bytes encrypted already: see ``sealed_encrypter``."""
+
+        def __init__(self, header: bytes, nbits: int) -> None:
+            if len(header) != SALT_BYTES[nbits] + VERIFIER_BYTES:
+                raise ValueError(f"A sealed member's header is {SALT_BYTES[nbits] + VERIFIER_BYTES} bytes at {nbits} "
+                                 f"bits, not {len(header)}.")
+            self.force_wz_aes_version = None
+            self.conditionally_include_crc = None
+            self.min_bytes_to_include_crc = None
+            self.salt_length = SALT_BYTES[nbits]
+            self.aes_strength = AES_STRENGTH[nbits]
+            self.salt = header[:SALT_BYTES[nbits]]
+            self.encpwdverify = header[SALT_BYTES[nbits]:]
+            self.trailer: bytes | None = None
+
+        def encrypt(self, data: bytes) -> bytes:
+            return data
+
+        def flush(self) -> bytes:
+            if self.trailer is None or len(self.trailer) != self.hmac_size:
+                raise ValueError("The sealed member's authentication code was not set before it was closed.")
+            return self.trailer
 
     class PrederivedAESDecrypter(AESZipDecrypter):
         """``AESZipDecrypter`` from key material derived ahead (or here), with the standard library's HMAC-SHA1.
 
         Its ``__init__`` derives with pycryptodome's PBKDF2 and HMAC, so it is not called: this sets
         the same attributes (``tests/unit/test_aes_keys.py`` checks they stay the same set) and checks
-        the password verifier the same way, with the same error. Decrypting (pyzipper's AES-CTR) and
-        the HMAC check at the end are pyzipper's own methods.
+        the password verifier the same way, with the same error. It decrypts with ``WinZipCtr``;
+        ``decrypt`` and the HMAC check at the end are pyzipper's own methods.
         """
 
         def __init__(self, zinfo: Any, pwd: bytes, encryption_header: bytes, material: bytes | None = None) -> None:
@@ -322,8 +357,7 @@ def _pyzipper_hook() -> _Hook:
                 material = derive_key_for_salt(pwd, salt, 8 * key_length).material
             if material[2 * key_length:] != encryption_header[salt_length:]:
                 raise RuntimeError(f"Bad password for file {zinfo.filename!r}")  # pyzipper's sentence
-            self.decypter = AES.new(material[:key_length], AES.MODE_CTR,
-                                    counter=Counter.new(nbits=128, little_endian=True))
+            self.decypter = WinZipCtr(material[:key_length])
             self.hmac = hmac.new(material[key_length:2 * key_length], digestmod="sha1")
 
     class PrederivedAESExtFile(AESZipExtFile):
@@ -362,6 +396,7 @@ def _pyzipper_hook() -> _Hook:
             self.zipextfile_cls = functools.partial(PrederivedAESExtFile, keys_ahead=self.keys_ahead)
             super().__init__(*args, **kwargs)
             self.key_pool: AESKeyPool | None = None
+            self.sealed_next: Any = None  # the next member opened for writing is written through it (sealed)
 
         def derive_keys_ahead(self, infos: Iterable[Any]) -> None:
             """Derive the keys of these members (about to be read, in this order) in threads, from here on."""
@@ -377,6 +412,9 @@ def _pyzipper_hook() -> _Hook:
             ])
 
         def get_encrypter(self) -> Any:
+            sealed, self.sealed_next = self.sealed_next, None
+            if sealed is not None:
+                return sealed
             options = self.encryption_kwargs or {}
             nbits = options.get("nbits", 256)
             if self.encryption != WZ_AES or not self.pwd or set(options) - {"nbits"} or nbits not in SALT_BYTES:
@@ -401,4 +439,4 @@ def _pyzipper_hook() -> _Hook:
             finally:
                 self.stop_deriving()
 
-    return _Hook(PrederivedAESEncrypter, PrederivedAESDecrypter, KeyPoolZipFile)
+    return _Hook(PrederivedAESEncrypter, PrederivedAESDecrypter, KeyPoolZipFile, SealedAESEncrypter)

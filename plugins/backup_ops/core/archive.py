@@ -32,7 +32,7 @@ from backup_ops.core.archive_sink import HashingSink, write_error
 from backup_ops.core.archive_source import ListedFileOpener
 from backup_ops.core.config import FileSource
 from backup_ops.core.errors import ArchiveError, BackupError
-from backup_ops.core.fileio import CHUNK_SIZE, fsync_directory
+from backup_ops.core.fileio import MEMBER_PIECE, fsync_directory
 from backup_ops.core.files import SelectedEntry
 from backup_ops.core.manifest import (
     EMPTY_SHA256,
@@ -44,6 +44,7 @@ from backup_ops.core.manifest import (
 )
 from backup_ops.core.manifest_parse import parse_manifest
 from backup_ops.core.models import DumpResult, SkippedFile, printable_name
+from backup_ops.core.sealed_member import HMAC_BYTES
 from backup_ops.core.skips import SkipTally
 
 StagedOpener = Callable[[str], tuple[BinaryIO, os.stat_result]]
@@ -187,6 +188,8 @@ def build_archive(
             # (it would on close or garbage collection) and bury the original error.
             zf.fp = None
             zf.stop_deriving()
+        if sink is not None:
+            sink.close()  # its thread writes to fd: stop it before the descriptor is closed (and reused)
         if fd >= 0:
             _close_quietly(fd)
         _remove(target)
@@ -202,6 +205,8 @@ def build_archive(
         raise ArchiveError(f"Building archive {target} failed: {exc}.") from exc
     finally:
         sources.close()
+        if sink is not None:
+            sink.close()
     return ArchiveResult(
         path=target,
         size=sink.position,
@@ -249,8 +254,11 @@ class _ArchiveWriter:
 
     def add_dump(self, dump: DumpResult) -> None:
         # Dumps are compressed by the dump step (gzip/zstd/lz4 or pg_dump's own); never deflate twice.
-        self.add_staged(dump.member_name, dump.staged_path, dump.size, dump.sha256,
-                        f"staged dump {dump.staged_path} of database {dump.database}", deflate=False)
+        what = f"staged dump {dump.staged_path} of database {dump.database}"
+        if dump.staged_encryption != "none":
+            self.add_sealed(dump, what)
+        else:
+            self.add_staged(dump.member_name, dump.staged_path, dump.size, dump.sha256, what, deflate=False)
         for extra in dump.extra_members:
             # The roles and settings staged beside it: a few KB of SQL and JSON, which deflate well.
             self.add_staged(extra.member_name, extra.staged_path, extra.size, extra.sha256,
@@ -276,6 +284,56 @@ class _ArchiveWriter:
         if member.size != size:
             raise ArchiveError(f"The {what} changed after it was dumped: expected {size} bytes, read {member.size}; "
                                "run the backup again.")
+
+    def add_sealed(self, dump: DumpResult, what: str) -> None:
+        """Copy a dump the dump step encrypted as it streamed (``core.sealed_member``) into its member, as it is.
+
+        Nothing is encrypted or hashed again: the member's data is the staged file's bytes, behind its
+        local header. The key size and password are checked against the archive's (the header's
+        verifier, one key derivation) and the size against the dump step's record; the archive's
+        verification then decrypts the member and compares its sha256, as for every member.
+        """
+        from backup_ops.core.aes_keys import sealed_encrypter
+        from backup_ops.core.sealed_member import header_length, password_matches, sealed_overhead
+
+        if self.nbits is None or self.password is None or dump.staged_encryption != f"aes{self.nbits}":
+            raise ArchiveError(
+                f"The {what} was encrypted with {dump.staged_encryption} as it was dumped, but the archive is "
+                f"{'aes' + str(self.nbits) if self.nbits else 'not encrypted'}: backup.encryption changed during "
+                "the run; run the backup again.")
+        try:
+            src, st = self.open_staged(dump.staged_path) if self.open_staged else _open_regular(Path(dump.staged_path))
+        except OSError as exc:
+            raise ArchiveError(f"Cannot read {what}: {exc.strerror or exc}.") from exc
+        if src is None:
+            raise ArchiveError(f"Cannot archive {what}: it is not a regular file.")
+        with src:
+            expected = dump.size + sealed_overhead(self.nbits)
+            header = _read_exactly(src, header_length(self.nbits), what)
+            if st.st_size != expected:
+                raise ArchiveError(f"The {what} changed after it was dumped: expected {expected} bytes, found "
+                                   f"{st.st_size}; run the backup again.")
+            if not password_matches(header, self.password, self.nbits):
+                raise ArchiveError(f"The {what} was encrypted with another password than the archive's: "
+                                   "backup.password changed during the run; run the backup again.")
+            encrypter = sealed_encrypter(header, self.nbits)
+            zinfo = self.new_member(dump.member_name, st.st_mtime, stat.S_IFREG | stat.S_IMODE(st.st_mode),
+                                    deflate=False, encrypt=True)
+            self.zf.sealed_next = encrypter
+            try:
+                with self.zf.open(zinfo, "w", force_zip64=True) as dst:
+                    left = dump.size
+                    while left:
+                        chunk = _read_exactly(src, min(MEMBER_PIECE, left), what)
+                        dst.write(chunk)
+                        left -= len(chunk)
+                    encrypter.trailer = _read_exactly(src, HMAC_BYTES, what)
+                    if src.read(1):
+                        raise ArchiveError(f"The {what} changed after it was dumped: it is longer than recorded; "
+                                           "run the backup again.")
+            finally:
+                self.zf.sealed_next = None
+        self.members.append(MemberInfo(dump.member_name, dump.size, dump.sha256, False))
 
     def add_entry(self, entry: SelectedEntry | SkippedFile) -> None:
         if isinstance(entry, SkippedFile):
@@ -349,7 +407,7 @@ class _ArchiveWriter:
         with self.zf.open(zinfo, "w", force_zip64=True) as dst:
             while size < st.st_size:
                 try:
-                    chunk = src.read(min(CHUNK_SIZE, st.st_size - size))
+                    chunk = src.read(min(MEMBER_PIECE, st.st_size - size))
                 except OSError as exc:
                     raise ArchiveError(f"Reading {what} failed mid-way: {exc.strerror or exc}.") from exc
                 if not chunk:
@@ -414,6 +472,21 @@ def _open_regular(path: Path) -> tuple[BinaryIO | None, os.stat_result]:
     except BaseException:
         os.close(fd)
         raise
+
+
+def _read_exactly(src: BinaryIO, size: int, what: str) -> bytes:
+    """``size`` bytes of ``src`` (a raw stream may return fewer per read); ArchiveError when it ends before."""
+    parts, left = [], size
+    while left:
+        try:
+            chunk = src.read(left)
+        except OSError as exc:
+            raise ArchiveError(f"Reading {what} failed mid-way: {exc.strerror or exc}.") from exc
+        if not chunk:
+            raise ArchiveError(f"The {what} changed after it was dumped: it ends early; run the backup again.")
+        parts.append(chunk)
+        left -= len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _dos_date_time(mtime: float) -> tuple[int, int, int, int, int, int]:

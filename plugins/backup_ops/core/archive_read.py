@@ -18,6 +18,7 @@ import io
 import struct
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any
 from backup_ops.core.aes_keys import key_pool_zip_file
 from backup_ops.core.config import SecretRef
 from backup_ops.core.errors import ArchiveError, BackupError, UnsafeArchiveError, VerificationError
-from backup_ops.core.fileio import CHUNK_SIZE, sha256_of_file
+from backup_ops.core.fileio import CHUNK_SIZE, MEMBER_PIECE, sha256_of_file
 from backup_ops.core.manifest import MANIFEST_NAME, Manifest
 from backup_ops.core.manifest_parse import MAX_MANIFEST_BYTES, parse_manifest
 
@@ -114,11 +115,11 @@ def open_info(zf: Any, info: Any, path: Path, password: bytes | None,
                                 "the archive is corrupt.") from exc
 
 
-def read_chunks(stream: Any, name: str, path: Path) -> Iterator[bytes]:
-    """The member's bytes in chunks; the HMAC (AES) or CRC check runs when the end is reached."""
+def read_chunks(stream: Any, name: str, path: Path, size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """The member's bytes in chunks of ``size``; the HMAC (AES) or CRC check runs when the end is reached."""
     try:
         while True:
-            chunk = stream.read(CHUNK_SIZE)
+            chunk = stream.read(size)
             if not chunk:
                 return
             yield chunk
@@ -153,11 +154,36 @@ def verify_archive(
     if expected_size is not None and size != expected_size:
         raise VerificationError(f"Archive {path} is {size} bytes but {expected_size} were written: "
                                 "it is truncated or was replaced.")
-    if expected_sha256 is not None:
-        actual, _ = sha256_of_file(path)
-        if actual != expected_sha256.lower():
-            raise VerificationError(f"Archive {path} has sha256 {actual} but {expected_sha256} was recorded: "
-                                    "it is corrupt or was replaced.")
+    if expected_sha256 is None:
+        return _check_contents(path, password, password_source)
+    # The file's sha256 is taken in a thread while the members are decrypted and checked (hashlib and
+    # the AES release the GIL): two passes over the file in the time of one on two cores.
+    with ThreadPoolExecutor(1, thread_name_prefix="archive-sha256") as pool:
+        hashed = pool.submit(sha256_of_file, path)
+        try:
+            result = _check_contents(path, password, password_source)
+        except BaseException:
+            _check_file_sha256(path, hashed, expected_sha256, quiet=True)  # a replaced file explains the rest
+            raise
+        _check_file_sha256(path, hashed, expected_sha256)
+    return result
+
+
+def _check_file_sha256(path: Path, hashed: Future[tuple[str, int]], expected: str, *, quiet: bool = False) -> None:
+    """Raise when the file's sha256 is not ``expected``; ``quiet``: stay silent when it could not be read."""
+    try:
+        actual, _ = hashed.result()
+    except OSError as exc:
+        if quiet:
+            return
+        raise VerificationError(f"Archive {path} cannot be read: {exc.strerror or exc}.") from exc
+    if actual != expected.lower():
+        raise VerificationError(f"Archive {path} has sha256 {actual} but {expected} was recorded: "
+                                "it is corrupt or was replaced.")
+
+
+def _check_contents(path: Path, password: bytes | None, password_source: str) -> VerifyResult:
+    """The manifest and every member, decrypted and checked against it (verify_archive's second half)."""
     with open_zip(path, password) as zf:
         infos = unique_infos(zf, path, VerificationError)
         manifest_info = infos.get(MANIFEST_NAME)
@@ -221,7 +247,7 @@ def _check_member(zf: Any, info: Any, size: int, sha256: str, path: Path, passwo
     sha = hashlib.sha256()
     actual = 0
     with open_info(zf, info, path, password, password_source) as stream:
-        for chunk in read_chunks(stream, info.filename, path):
+        for chunk in read_chunks(stream, info.filename, path, MEMBER_PIECE):
             sha.update(chunk)
             actual += len(chunk)
     if actual != size or sha.hexdigest() != sha256:

@@ -9,12 +9,12 @@ writing archive … to staging directory …".
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 from pathlib import Path
 
 from backup_ops.core.errors import ArchiveError
-from backup_ops.core.fileio import CHUNK_SIZE
+from backup_ops.core.fileio import MEMBER_PIECE
+from backup_ops.core.hashed_writer import HashedWriter
 
 
 class HashingSink:
@@ -26,28 +26,35 @@ class HashingSink:
     7-Zip, libzip, Info-ZIP and Python), every byte is written exactly once in order, and the
     sha256 of what passed through is the sha256 of the file: one pass, no re-read.
 
-    Small writes (headers) are buffered here rather than in a BufferedWriter so that a failed
-    build can be abandoned without a final flush raising a second error over the first.
+    The hashing and writing run on a ``HashedWriter`` thread while pyzipper encrypts the next
+    piece. Small writes (headers) are gathered here into pieces of up to 256 KiB. ``flush`` waits
+    until everything is written; ``close`` stops the thread (call it however the build ends).
     """
 
     def __init__(self, fd: int, target: Path) -> None:
         self._fd = fd
         self._target = target
-        self._sha = hashlib.sha256()
         self._buffer = bytearray()
+        self._writer = HashedWriter(self._write_all, name="archive-writer")
         self.position = 0
-        self.failure: ArchiveError | None = None
+
+    @property
+    def failure(self) -> ArchiveError | None:
+        """The write error that stopped the writing (a full disk), as the ArchiveError users read."""
+        failure = self._writer.failure
+        return failure if isinstance(failure, ArchiveError) else None
 
     def write(self, data: bytes) -> int:
         self._check()
         size = len(data)
-        if self._buffer and len(self._buffer) + size > CHUNK_SIZE:
-            self.flush()
-        if size >= CHUNK_SIZE:
-            self._write_all(data)
+        if self._buffer and len(self._buffer) + size > MEMBER_PIECE:
+            self._send_buffer()
+        if size >= MEMBER_PIECE:
+            # Queued as is: pyzipper hands over what its compressor or our cipher made (a new buffer each
+            # time, never written to again); anything else is copied first.
+            self._writer.put(data if type(data) in (bytes, bytearray) else bytes(data))
         else:
             self._buffer += data
-        self._sha.update(data)
         self.position += size
         return size
 
@@ -56,28 +63,32 @@ class HashingSink:
 
     def flush(self) -> None:
         self._check()
-        if self._buffer:
-            self._write_all(self._buffer)
-            self._buffer.clear()
+        self._send_buffer()
+        self._writer.drain()
+
+    def close(self) -> None:
+        self._writer.close()
 
     def hexdigest(self) -> str:
-        return self._sha.hexdigest()
+        return self._writer.digest.hexdigest()
+
+    def _send_buffer(self) -> None:
+        if self._buffer:
+            self._writer.put(bytes(self._buffer))
+            self._buffer.clear()
 
     def _check(self) -> None:
-        if self.failure is not None:
-            raise ArchiveError(str(self.failure))
+        if self._writer.failure is not None:
+            raise ArchiveError(str(self._writer.failure))
 
-    def _write_all(self, data: bytes | bytearray) -> None:
+    def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
         try:
             while view:
                 view = view[os.write(self._fd, view):]
         except OSError as exc:
-            self.failure = write_error(exc, self._target)
-            raise self.failure from exc
+            raise write_error(exc, self._target) from exc
         finally:
-            # The traceback keeps this frame alive; a view still exporting the buffer would make the
-            # next resize fail with "Existing exports of data: object cannot be re-sized".
             view.release()
 
 

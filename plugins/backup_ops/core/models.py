@@ -117,6 +117,9 @@ class DumpResult:
     """The roles and database settings staged beside the dump (empty when none could be captured)."""
     globals_notes: tuple[str, ...] = ()
     """What could not be captured of the roles and database settings, and why (one sentence each)."""
+    staged_encryption: str = "none"
+    """``aes128``/``aes192``/``aes256`` when the staged file is the dump already encrypted as its archive member
+    (``core.sealed_member``: salt, verifier, ciphertext, HMAC); ``size`` and ``sha256`` stay the compressed dump's."""
 
     @property
     def total_rows(self) -> int:

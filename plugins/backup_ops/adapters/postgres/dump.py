@@ -30,6 +30,11 @@ name is ``core.dump_member``'s):
   which needs pg_dump 16 or later built with that library.
 * custom: ``postgresql-<db>.dump`` with ``--format=custom --compress=<method>:<level>``.
 
+Sealed: with ``seal`` (the archive's password and key size, when the archive is encrypted), a dump
+that streams through this process (plain, gzip/zstd/none) is encrypted as it is written, as the
+archive member will hold it (``core.sealed_member``), staged as ``<name>.aes``; the size and sha256
+recorded are still those of the compressed dump.
+
 Beside the dump, what it needs on an empty server (see ``globals_capture``), read in the same
 snapshot before pg_dump starts: ``postgresql-<db>.roles.sql`` (the roles it refers to, for psql)
 and ``postgresql-<db>.database.json`` (those roles as data, and the database's owner, settings,
@@ -78,6 +83,7 @@ from backup_ops.core.errors import DumpError
 from backup_ops.core.fileio import CHUNK_SIZE
 from backup_ops.core.models import DumpResult, StagedMember, TableStat
 from backup_ops.core.pg_dump_args import extra_args_problem
+from backup_ops.core.sealed_member import SEALED_SUFFIX, MemberSealer, Sealing
 
 __all__ = ["DUMP_DIR", "DumpJob", "check_target", "dump_database"]
 
@@ -120,8 +126,10 @@ class DumpJob:
     """One database dump that another thread or a signal handler can stop: ``run()`` it, ``cancel()`` it."""
 
     def __init__(self, target: PgTarget, source: DatabaseSource, staging_dir: Path, *,
-                 pg_bin_dir: Path | None = None, log: logging.Logger | None = None) -> None:
+                 pg_bin_dir: Path | None = None, log: logging.Logger | None = None,
+                 seal: Sealing | None = None) -> None:
         self.target = target
+        self.seal = seal
         self.source = source
         self.staging_dir = Path(staging_dir)
         self.pg_bin_dir = pg_bin_dir
@@ -168,10 +176,13 @@ class DumpJob:
         except OSError as exc:
             raise DumpError(f"Cannot create the staging directory {out_dir} for {who}: {exc.strerror}; "
                             "check backup.staging_directory and its permissions.") from exc
-        out_path = out_dir / plan.file_name
+        # Only a stream that passes through this process can be encrypted on its way; pg_dump writes the
+        # others (custom, lz4) and pg_restore or lz4 read them back from the file.
+        seal = self.seal if plan.check == "stream" else None
+        out_path = out_dir / (plan.file_name + SEALED_SUFFIX if seal else plan.file_name)
         # The dump member's stem (core.dump_member's naming), which the roles and settings files share.
         stem = dump_file_name(target.dbname, replace(source, format="custom")).removesuffix(".dump")
-        staged = [out_path, *staged_paths(out_dir, stem)]
+        staged = [out_dir / plan.file_name, out_dir / (plan.file_name + SEALED_SUFFIX), *staged_paths(out_dir, stem)]
         for path in staged:
             path.unlink(missing_ok=True)  # a leftover from a killed attempt
         began = time.monotonic()
@@ -185,7 +196,7 @@ class DumpJob:
                 argv = [str(pg_dump), f"--snapshot={session.snapshot_id}", "--no-password", *plan.pg_dump_args,
                         *_table_args(source, pg_dump_major), *source.extra_args]
                 with ClientLogin(target, f"{APP_NAME} pg_dump", who) as login:
-                    written = self._run_pg_dump(settings, argv, login, out_path)
+                    written = self._run_pg_dump(settings, argv, login, out_path, seal)
             dumped = time.monotonic()
             blocks = verify_readback(out_path, plan.check, pg_restore, written.tail, who=who, log=log)
             stats = _table_stats(_streamed_blocks(written, who) if blocks is None else blocks, columns)
@@ -207,6 +218,7 @@ class DumpJob:
             compression=str(source.compression),
             size=written.size,
             sha256=written.sha256,
+            staged_encryption=f"aes{seal.nbits}" if seal else "none",
             duration_s=round(duration, 3),
             snapshot_id=session.snapshot_id,
             server_version=session.server_version,
@@ -244,7 +256,8 @@ class DumpJob:
             raise DumpError(f"The dump of {who} was stopped before it finished (the task was killed or cancelled); "
                             "pg_dump and its process group were killed and the partial dump was deleted.")
 
-    def _run_pg_dump(self, settings: _Settings, argv: list[str], login: ClientLogin, out_path: Path) -> _Written:
+    def _run_pg_dump(self, settings: _Settings, argv: list[str], login: ClientLogin, out_path: Path,
+                     seal: Sealing | None) -> _Written:
         """Stream pg_dump into the staged file, counting rows as they pass; raise DumpError on any failure."""
         who, timeout = settings.who, settings.timeout
         timed_out = threading.Event()
@@ -282,7 +295,7 @@ class DumpJob:
                     raise DumpError(f"pg_dump for {who} has no output pipe; this is a bug in backup-ops.")
                 try:
                     written = _write_stream(stdout, out_path, settings.plan.compress,
-                                            count=settings.plan.check == "stream")
+                                            count=settings.plan.check == "stream", seal=seal)
                 except OSError as exc:
                     write_error = exc
                 except CopyStreamError as exc:
@@ -434,22 +447,32 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _write_stream(stream: IO[bytes], out_path: Path, compress: Compression | None, *, count: bool) -> _Written:
-    """Copy ``stream`` to a new 0600 file in 1 MiB chunks, compressing, hashing and (``count``) counting rows."""
+def _write_stream(stream: IO[bytes], out_path: Path, compress: Compression | None, *, count: bool,
+                  seal: Sealing | None = None) -> _Written:
+    """Copy ``stream`` to a new 0600 file in 1 MiB chunks, compressing, hashing, encrypting (``seal``) and
+    (``count``) counting rows.
+
+    One thread does it all. A writer thread was measured: the hashing and writing it would take over
+    are small, and each hand-over waits for the GIL, which compressing and counting hold; the dump got
+    slower, not faster.
+    """
     digest = hashlib.sha256()
     size = 0
     input_bytes = 0
     # gzip: mtime 0 and no file name in the header, so equal input gives equal bytes (core.compression).
     compressor = compressor_for(compress) if compress is not None else None
+    sealer = MemberSealer(seal.password, seal.nbits) if seal else None
     fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with open(fd, "wb") as out:
         def emit(data: bytes) -> None:
             nonlocal size
             if data:
-                out.write(data)
                 digest.update(data)
                 size += len(data)
+                out.write(sealer.seal(data) if sealer is not None else data)
 
+        if sealer is not None:
+            out.write(sealer.header)
         tail = b""
         counter = CopyRowCounter() if count else None
         while chunk := stream.read(CHUNK_SIZE):
@@ -460,6 +483,8 @@ def _write_stream(stream: IO[bytes], out_path: Path, compress: Compression | Non
             emit(compressor.compress(chunk) if compressor is not None else chunk)
         if compressor is not None and input_bytes:
             emit(compressor.flush())
+        if sealer is not None:
+            out.write(sealer.trailer())
     return _Written(size, digest.hexdigest(), input_bytes, tail, counter)
 
 
