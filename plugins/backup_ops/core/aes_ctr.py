@@ -52,8 +52,9 @@ class WinZipCtr:
         self._next = 1  # the counter of the next keystream block
         self._spare = b""  # keystream bytes made and not used yet (fewer than a block)
         self._high = (0, b"")  # counter // 4096 of the current step, and its counter part repeated
-        self._counters = bytearray(_BLOCK * _STEP)
-        self._keystream = bytearray(_BLOCK * (_STEP + 1))
+        # Grown as needed, up to a step: a small member (most files) needs a few blocks, not 64 KiB.
+        self._counters = bytearray()
+        self._keystream = bytearray()
 
     def process(self, data: bytes | bytearray | memoryview) -> bytearray:
         """``data`` XOR the next ``len(data)`` bytes of the keystream, in a new buffer the caller owns."""
@@ -81,10 +82,14 @@ class WinZipCtr:
         high, low = divmod(self._next, _STEP)
         take = min(-(-wanted // _BLOCK), _STEP - low)
         counters = memoryview(_template())[low * _BLOCK:(low + take) * _BLOCK]
+        if len(self._keystream) < (take + 1) * _BLOCK:
+            self._keystream = bytearray((take + 1) * _BLOCK)
         if high:
             # Only the low 12 bits differ within a step: XOR the rest of the counter into the template's blocks.
             if self._high[0] != high:
                 self._high = (high, (high * _STEP).to_bytes(_BLOCK, "little") * _STEP)
+            if len(self._counters) < take * _BLOCK:
+                self._counters = bytearray(_BLOCK * _STEP)
             into = memoryview(self._counters)[:take * _BLOCK]
             self._xor(counters, memoryview(self._high[1])[:take * _BLOCK], output=into)
             counters = into
