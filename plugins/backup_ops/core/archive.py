@@ -273,17 +273,22 @@ class _ArchiveWriter:
         changed on the staging disk since fails there, before anything is published). One hash where
         the bytes are produced, one check where they land.
         """
+        src, st = self.open_source(path, what)
+        with src:
+            member = self.write_file(name, src, st, what, deflate=deflate, known_sha256=sha256 or None)
+        if member.size != size:
+            raise ArchiveError(f"The {what} changed after it was dumped: expected {size} bytes, read {member.size}; "
+                               "run the backup again.")
+
+    def open_source(self, path: str, what: str) -> tuple[BinaryIO, os.stat_result]:
+        """Open a file the dump step staged (a local file, or through ``open_staged``); ArchiveError if it cannot be."""
         try:
             src, st = self.open_staged(path) if self.open_staged else _open_regular(Path(path))
         except OSError as exc:
             raise ArchiveError(f"Cannot read {what}: {exc.strerror or exc}.") from exc
         if src is None:
             raise ArchiveError(f"Cannot archive {what}: it is not a regular file.")
-        with src:
-            member = self.write_file(name, src, st, what, deflate=deflate, known_sha256=sha256 or None)
-        if member.size != size:
-            raise ArchiveError(f"The {what} changed after it was dumped: expected {size} bytes, read {member.size}; "
-                               "run the backup again.")
+        return src, st
 
     def add_sealed(self, dump: DumpResult, what: str) -> None:
         """Copy a dump the dump step encrypted as it streamed (``core.sealed_member``) into its member, as it is.
@@ -301,12 +306,7 @@ class _ArchiveWriter:
                 f"The {what} was encrypted with {dump.staged_encryption} as it was dumped, but the archive is "
                 f"{'aes' + str(self.nbits) if self.nbits else 'not encrypted'}: backup.encryption changed during "
                 "the run; run the backup again.")
-        try:
-            src, st = self.open_staged(dump.staged_path) if self.open_staged else _open_regular(Path(dump.staged_path))
-        except OSError as exc:
-            raise ArchiveError(f"Cannot read {what}: {exc.strerror or exc}.") from exc
-        if src is None:
-            raise ArchiveError(f"Cannot archive {what}: it is not a regular file.")
+        src, st = self.open_source(dump.staged_path, what)
         with src:
             expected = dump.size + sealed_overhead(self.nbits)
             header = _read_exactly(src, header_length(self.nbits), what)
