@@ -84,3 +84,24 @@ def test_password_matches_and_sealing_refuses_bad_settings() -> None:
     with pytest.raises(ValueError):
         Sealing(PASSWORD, 512)
     assert PASSWORD not in repr(Sealing(PASSWORD, 256)).encode()
+
+
+def test_a_sealed_dump_cut_while_it_is_copied_is_named_and_leaves_no_archive(staging: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from backup_ops.core import archive as archive_module
+
+    dump = sealed_dump(staging, b"\x1f\x8b" + os.urandom(600_000))
+    real_read = archive_module._read_exactly
+    calls = {"n": 0}
+
+    def cut_after_two_pieces(src, size, what):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 4:  # header, two pieces, then the stream ends
+            raise ArchiveError(f"The {what} changed after it was dumped: it ends early; run the backup again.")
+        return real_read(src, size, what)
+
+    monkeypatch.setattr(archive_module, "_read_exactly", cut_after_two_pieces)
+    with pytest.raises(ArchiveError, match="ends early") as raised:
+        build(staging / "a.zip", dumps=[dump], files=[])
+    assert "authentication code" not in str(raised.value)
+    assert not (staging / "a.zip").exists()

@@ -322,15 +322,20 @@ class _ArchiveWriter:
             self.zf.sealed_next = encrypter
             try:
                 with self.zf.open(zinfo, "w", force_zip64=True) as dst:
-                    left = dump.size
-                    while left:
-                        chunk = _read_exactly(src, min(MEMBER_PIECE, left), what)
-                        dst.write(chunk)
-                        left -= len(chunk)
-                    encrypter.trailer = _read_exactly(src, HMAC_BYTES, what)
-                    if src.read(1):
-                        raise ArchiveError(f"The {what} changed after it was dumped: it is longer than recorded; "
-                                           "run the backup again.")
+                    try:
+                        left = dump.size
+                        while left:
+                            chunk = _read_exactly(src, min(MEMBER_PIECE, left), what)
+                            dst.write(chunk)
+                            left -= len(chunk)
+                        encrypter.trailer = _read_exactly(src, HMAC_BYTES, what)
+                        if src.read(1):
+                            raise ArchiveError(f"The {what} changed after it was dumped: it is longer than recorded; "
+                                               "run the backup again.")
+                    except BaseException:
+                        # The archive is abandoned: let the member close without a second error over this one.
+                        encrypter.trailer = bytes(HMAC_BYTES)
+                        raise
             finally:
                 self.zf.sealed_next = None
         self.members.append(MemberInfo(dump.member_name, dump.size, dump.sha256, False))

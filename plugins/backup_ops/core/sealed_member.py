@@ -1,7 +1,8 @@
 """A dump encrypted as it streams out of pg_dump: the archive member's encrypted bytes, staged ready to copy.
 
-With an encrypted archive (``backup.encryption`` aes128/192/256) and a plain dump compressed in-process,
-the dump step writes the dump already encrypted, exactly as the dump's member will hold it in the zip:
+With an encrypted archive (``backup.encryption`` aes128/192/256), a plain dump compressed in-process and
+staging in a bucket (``s3://``), the dump step writes the dump already encrypted, exactly as the dump's
+member will hold it in the zip:
 
 ====================  =============================================================
 salt                  8, 12 or 16 bytes (AES-128/192/256), fresh and random
@@ -12,12 +13,13 @@ authentication code   10 bytes: HMAC-SHA1 of the ciphertext, truncated
 ====================  =============================================================
 
 That is a WinZip AES (AE-2) stored member's data, so the archive step copies it behind the member's
-local header without decrypting or encrypting anything (``core.archive``): each byte of the dump is
-encrypted once, where it is produced, on the core pg_dump leaves free. The dump step hashes the
+local header without decrypting or encrypting anything (``core.archive``). The dump step hashes the
 compressed bytes before encrypting them (the manifest's sha256); the archive's verification decrypts
 the member with the configured password, checks its HMAC and compares that sha256, as for every member.
 
-It also means the dump never rests on the staging disk or in a staging bucket in the clear.
+So the bucket never holds the dump in the clear. Local staging does not seal (``backup_steps.dump_job``):
+the dump's thread shares the two busy cores with pg_dump and its server, and the encryption made the
+dump as much slower as it made the archive step faster.
 """
 
 from __future__ import annotations
