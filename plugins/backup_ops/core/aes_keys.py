@@ -290,6 +290,16 @@ def _pyzipper_hook() -> _Hook:
         AESZipFile,
     )
 
+    def _set_header(encrypter: AESZipEncrypter, salt: bytes, verifier: bytes, nbits: int) -> None:
+        """The attributes ``AESZipEncrypter.__init__`` sets besides its cipher and HMAC (the encryption header's)."""
+        encrypter.force_wz_aes_version = None
+        encrypter.conditionally_include_crc = None
+        encrypter.min_bytes_to_include_crc = None
+        encrypter.salt_length = len(salt)
+        encrypter.aes_strength = AES_STRENGTH[nbits]
+        encrypter.salt = salt
+        encrypter.encpwdverify = verifier
+
     class PrederivedAESEncrypter(AESZipEncrypter):
         """``AESZipEncrypter`` set up from a pre-derived key.
 
@@ -304,13 +314,7 @@ def _pyzipper_hook() -> _Hook:
             key_length = nbits // 8
             if len(key.salt) != SALT_BYTES[nbits] or len(key.material) != 2 * key_length + VERIFIER_BYTES:
                 raise ValueError(f"The key was derived for another key size than {nbits} bits.")
-            self.force_wz_aes_version = None
-            self.conditionally_include_crc = None
-            self.min_bytes_to_include_crc = None
-            self.salt_length = len(key.salt)
-            self.aes_strength = AES_STRENGTH[nbits]
-            self.salt = key.salt
-            self.encpwdverify = key.material[2 * key_length:]
+            _set_header(self, key.salt, key.material[2 * key_length:], nbits)
             self.encrypter = WinZipCtr(key.material[:key_length])
             self.hmac = hmac.new(key.material[key_length:2 * key_length], digestmod="sha1")
 
@@ -321,13 +325,7 @@ def _pyzipper_hook() -> _Hook:
             if len(header) != SALT_BYTES[nbits] + VERIFIER_BYTES:
                 raise ValueError(f"A sealed member's header is {SALT_BYTES[nbits] + VERIFIER_BYTES} bytes at {nbits} "
                                  f"bits, not {len(header)}.")
-            self.force_wz_aes_version = None
-            self.conditionally_include_crc = None
-            self.min_bytes_to_include_crc = None
-            self.salt_length = SALT_BYTES[nbits]
-            self.aes_strength = AES_STRENGTH[nbits]
-            self.salt = header[:SALT_BYTES[nbits]]
-            self.encpwdverify = header[SALT_BYTES[nbits]:]
+            _set_header(self, header[:SALT_BYTES[nbits]], header[SALT_BYTES[nbits]:], nbits)
             self.trailer: bytes | None = None
 
         def encrypt(self, data: bytes) -> bytes:

@@ -15,9 +15,6 @@ MEMBER_PIECE = 256 * 1024
 the same time as one 1 MiB chunk, and a quarter of the memory in flight (the peak RSS target is 150 MB)."""
 
 
-FILE_HASH_BUFFER = 256 * 1024
-
-
 def sha256_of_stream(stream: IO[bytes]) -> tuple[str, int]:
     """SHA-256 hex digest and byte count of a stream, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -29,14 +26,14 @@ def sha256_of_stream(stream: IO[bytes]) -> tuple[str, int]:
 
 
 def sha256_of_file(path: Path) -> tuple[str, int]:
-    """SHA-256 hex digest and size of the file at ``path``, read unbuffered into one reused 256 KiB buffer.
+    """SHA-256 hex digest and size of the file at ``path``, read unbuffered into one reused ``MEMBER_PIECE`` buffer.
 
     One buffer, not a new 1 MiB chunk per read: the archive's verification runs this on a thread of its
     own, where every fresh chunk would come from that thread's own malloc arena (measured: 2 MB of peak RSS).
     """
     digest = hashlib.sha256()
     total = 0
-    buffer = bytearray(FILE_HASH_BUFFER)
+    buffer = bytearray(MEMBER_PIECE)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as stream:
         while read := stream.readinto(buffer):

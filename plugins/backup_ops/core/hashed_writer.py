@@ -19,17 +19,15 @@ from collections.abc import Callable
 
 
 class HashedWriter:
-    """``put`` pieces; ``transform`` (if any) each one after hashing it, then ``write`` it; ``drain`` to wait."""
+    """``put`` pieces to be hashed, then passed to ``write``; ``drain`` to wait until they are."""
 
     QUEUED = 2
 
-    def __init__(self, write: Callable[[bytes], object], *, transform: Callable[[bytes], bytes] | None = None,
-                 name: str = "hashed-writer") -> None:
+    def __init__(self, write: Callable[[bytes], object], *, name: str = "hashed-writer") -> None:
         self.digest = hashlib.sha256()
-        self.size = 0  # bytes hashed (before transform)
+        self.size = 0  # bytes hashed
         self.failure: BaseException | None = None
         self._write = write
-        self._transform = transform
         self._queue: queue.Queue[bytes | None] = queue.Queue(self.QUEUED)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -70,7 +68,7 @@ class HashedWriter:
                 if self.failure is None:
                     self.digest.update(data)
                     self.size += len(data)
-                    self._write(self._transform(data) if self._transform is not None else data)
+                    self._write(data)
             except BaseException as exc:  # handed to the caller's thread
                 self.failure = exc
             finally:
