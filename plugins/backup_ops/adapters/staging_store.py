@@ -44,8 +44,10 @@ log = logging.getLogger(__name__)
 COPY_CHUNK = 8 << 20
 WRITE_BLOCK = 16 << 20
 """Multipart part size of staged writes: extra memory is about three blocks, whatever the object's size."""
-WORK_STALE_AFTER = timedelta(hours=24)
-"""A work folder untouched this long belongs to a task that was killed (backup_daily's runs end within 23 h)."""
+LONGEST_RUN = timedelta(hours=23)
+"""backup_daily's ``dagrun_timeout``: a daily backup that needs longer would overlap the next one."""
+STALE_AFTER = LONGEST_RUN + timedelta(hours=1)
+"""A run folder, run prefix or task work folder untouched this long belongs to a run that cannot be going any more."""
 RUN_MARKER = ".backup-ops-run"
 """Written first into every remote run prefix: it names the run, and its age dates a prefix that holds nothing else."""
 
@@ -99,7 +101,7 @@ class StagedRun:
                               f"({exc.strerror or exc}); point it at a writable local directory.") from exc
         # What tasks of this DAG killed on this host left (a plaintext dump, perhaps): no setup may run here.
         dag_prefix = self.folder_name.split("__", 1)[0] + "__"
-        sweep_local(self.work_root, dag_prefix, keep=folder, stale_after=WORK_STALE_AFTER)
+        sweep_local(self.work_root, dag_prefix, keep=folder, stale_after=STALE_AFTER)
         try:
             yield folder
         finally:
@@ -179,8 +181,7 @@ class StagedRun:
         started = time.monotonic()
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with open(fd, "wb") as out, self.open_read(location) as src:
-            while chunk := src.read(COPY_CHUNK):
-                out.write(chunk)
+            shutil.copyfileobj(src, out, COPY_CHUNK)
         size = target.stat().st_size
         seconds = time.monotonic() - started
         log.info("Fetched %s from staging to %s: %s in %.1f s (%s/s)", location, target, human_bytes(size), seconds,

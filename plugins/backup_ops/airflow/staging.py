@@ -18,19 +18,18 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from backup_ops.adapters.staging_store import LONGEST_RUN as LONGEST_RUN  # backup_daily's dagrun_timeout
+from backup_ops.adapters.staging_store import STALE_AFTER
 from backup_ops.core.config import BackupConfig
 from backup_ops.core.errors import BackupError, ConfigError
 from backup_ops.core.models import run_folder_name
 
 log = logging.getLogger(__name__)
 
-LONGEST_RUN = timedelta(hours=23)
-"""backup_daily's ``dagrun_timeout``: a daily backup that needs longer would overlap the next one."""
-STALE_AFTER = LONGEST_RUN + timedelta(hours=1)
 
 
 def prepare_staging(config: BackupConfig, dag_id: str, run_id: str) -> str:
