@@ -147,10 +147,10 @@ def fetch(config: BackupConfig, selected: Mapping[str, Any]) -> dict[str, Any]:
     """
     from backup_ops.adapters.backup_fetch import fetch_backup
 
-    workdir = _here_workdir(config, selected)
+    workdir = _workdir_path(config, selected)
     destination = _destination(config, selected["destination"])
     if destination.local_path(selected["archive"]) is None:  # a download: into a fresh folder on this worker
-        _workdir_here(config, selected, fresh=True)
+        _make_workdir(config, selected, fresh=True)
     fetched = fetch_backup(destination, _selected(selected), workdir)
     here = ArchiveHere(fetched.path, "read in place" if fetched.in_place else "downloaded", fetched.in_place,
                        None if fetched.in_place else stored_encryption(fetched.path))
@@ -183,7 +183,7 @@ def verify(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[s
         # What later phases hold their copy to: the receipt's sha256 verify_archive just matched, else hashed here.
         sha256 = str(receipt["sha256"]).lower() if receipt else sha256_of_file(here.path)[0]
         if not here.in_place:
-            write_marker(_here_workdir(config, selected), selected["archive"], here.path, sha256=sha256)
+            write_marker(_workdir_path(config, selected), selected["archive"], here.path, sha256=sha256)
     checks = [
         _check("checksum", "pass", "size and sha256 match the receipt") if receipt
         else _check("checksum", "skipped", "no receipt beside the archive; its members were checked against the "
@@ -270,7 +270,7 @@ def _extract_and_check(config: BackupConfig, selected: Mapping[str, Any], here: 
     password, source = _password(config)
     manifest = read_manifest(here.path, password, password_source=source)
     members = file_members(manifest)
-    folder = _workdir_here(config, selected) / FILES_FOLDER
+    folder = _make_workdir(config, selected) / FILES_FOLDER
     shutil.rmtree(folder, ignore_errors=True)  # an earlier try's
     keep = bool(selected.get("keep_scratch"))
     try:
@@ -303,7 +303,7 @@ def restore(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[
         names = scratch_names(datetime.fromisoformat(selected["drill_started_at"]), len(manifest.databases))
         sources = pg_restore.source_targets([*(db.conn_id for db in config.backup.databases),
                                              *(db.conn_id for db in manifest.databases)], log=log)
-        workdir = _workdir_here(config, selected)  # a custom-format dump is extracted there, and removed, by restore
+        workdir = _make_workdir(config, selected)  # a custom-format dump is extracted there, and removed, by restore
         for db, name in zip(manifest.databases, names, strict=True):
             conn_id = selected.get("target_conn_id") or db.conn_id
             server = _target(conn_id)
@@ -585,7 +585,7 @@ def archive_on_this_worker(config: BackupConfig, selected: Mapping[str, Any], fe
         succeeded = True
     finally:
         here.kept = _leave_archive(config, selected, here, last=last, succeeded=succeeded)
-        _tidy(_here_workdir(config, selected))
+        _tidy(_workdir_path(config, selected))
 
 
 def archive_here(config: BackupConfig, selected: Mapping[str, Any], fetched: Mapping[str, Any],
@@ -606,7 +606,7 @@ def archive_here(config: BackupConfig, selected: Mapping[str, Any], fetched: Map
                                    "(every worker that runs restore_drill must).")
         return ArchiveHere(path, "read in place", True, encryption)
     sha256 = (verified or {}).get("sha256")
-    workdir = _workdir_here(config, selected)
+    workdir = _make_workdir(config, selected)
     copy = present_copy(workdir, selected["archive"], int(selected["size"]), sha256)
     if copy is not None:
         return ArchiveHere(copy, "present", False, encryption)
@@ -672,7 +672,7 @@ def _leave_archive(config: BackupConfig, selected: Mapping[str, Any], here: Arch
     plaintext = here.encryption == "none" if here.encryption else config.backup.password is None
     if not plaintext and not (last and succeeded):
         return True
-    _drop_copy(_here_workdir(config, selected))
+    _drop_copy(_workdir_path(config, selected))
     if plaintext:
         log.info("Removed this worker's copy of %s: the archive is not encrypted, so no copy of it outlives its task",
                  selected["archive"])
@@ -683,7 +683,7 @@ def _leave_nothing_here(config: BackupConfig, selected: Mapping[str, Any]) -> bo
     """Remove this worker's copy of the archive, if it has one, unless keep_scratch; returns whether one stays."""
     from backup_ops.adapters.backup_fetch import ARCHIVE_FILE
 
-    workdir = _here_workdir(config, selected)
+    workdir = _workdir_path(config, selected)
     if workdir.parent != config.backup.staging_directory:
         return False
     if selected.get("keep_scratch"):
@@ -749,11 +749,11 @@ def _tidy(workdir: Path) -> None:
         workdir.rmdir()
 
 
-def _workdir_here(config: BackupConfig, selected: Mapping[str, Any], *, fresh: bool = False) -> Path:
+def _make_workdir(config: BackupConfig, selected: Mapping[str, Any], *, fresh: bool = False) -> Path:
     """This worker's 0700 working directory (emptied first when ``fresh``); sweeps what crashed drills left here."""
     from backup_ops.airflow.staging import sweep_stale_runs
 
-    workdir, root = _here_workdir(config, selected), config.backup.staging_directory
+    workdir, root = _workdir_path(config, selected), config.backup.staging_directory
     if workdir.parent != root:
         raise BackupError(f"Refusing to use {workdir}: it is not a run folder below {root}.")
     try:
@@ -774,8 +774,10 @@ def _workdir_here(config: BackupConfig, selected: Mapping[str, Any], *, fresh: b
 # ---------------------------------------------------------------------------- helpers
 
 
-def _here_workdir(config: BackupConfig, selected: Mapping[str, Any]) -> Path:
-    """The drill's working directory on this worker: its run folder below this worker's staging_directory.
+def _workdir_path(config: BackupConfig, selected: Mapping[str, Any]) -> Path:
+    """Where the drill's working directory is on this worker: its run folder below this worker's staging_directory.
+
+    Only the path; ``_make_workdir`` creates it.
 
     ``selected["workdir"]`` is where ``select`` ran; another worker's ``backup.staging_directory`` may
     differ (each its own local disk), so only the run folder's name travels.
@@ -817,7 +819,7 @@ def _password(config: BackupConfig) -> tuple[bytes | None, str]:
 
 
 def _remove_workdir(config: BackupConfig, selected: Mapping[str, Any]) -> list[str]:
-    workdir = _here_workdir(config, selected) if selected.get("workdir") else None
+    workdir = _workdir_path(config, selected) if selected.get("workdir") else None
     if workdir is None or not workdir.exists():
         return []
     if workdir.parent != config.backup.staging_directory:
