@@ -9,10 +9,12 @@ pg_dump writes a table's rows as a ``COPY`` block in PostgreSQL's text format::
 
 One line per row: the text format escapes newlines, carriage returns and backslashes inside values
 (``\\n``, ``\\r``, ``\\\\``), so a row never spans lines and a line that starts with ``\\.`` can only be
-the end of the block. Counting rows is counting newlines between the header and that line, which
-``bytes.count`` does at memory speed, so the count costs next to nothing beside pg_dump, and it is
+the end of the block. Counting rows is counting newlines between the header and that line, and it is
 the count of exactly the rows the dump holds, inside its snapshot (no second ``count(*)`` scan of
-every table on the server).
+every table on the server). The newlines are counted and the end marker is found with StringZilla's
+SIMD ``count`` and ``find`` (same results as ``bytes.count`` and ``bytes.find``, which scan one byte
+at a time): about 0.1 CPU s for a 545 MB dump instead of 0.7 s, on the core that the dump's
+compression shares with pg_dump and its server (docs/performance.md).
 
 The header names the table as pg_dump quotes identifiers (``"Odd Schema"."Mixed ""Case"``) and lists
 the columns it copies (generated columns are not copied; the manifest takes a table's full column
@@ -29,8 +31,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from stringzilla import count as _count
+from stringzilla import find as _find
+
 _HEADER_START = b"COPY "
 _END_LINE = b"\\.\n"  # the line that ends a block
+_NEXT_HEADER = b"\n" + _HEADER_START
+_END_MARKER = b"\n" + _END_LINE
 _MAX_HEADER = 4 * 1024 * 1024  # a header line longer than this is not pg_dump's (1,600 columns fit easily)
 _HEADER = re.compile(r'COPY ((?:"(?:[^"]|"")*"|[^\s".(]+)(?:\.(?:"(?:[^"]|"")*"|[^\s".(]+))?) ?(\(.*\))? ?FROM stdin;')
 _IDENTIFIER = re.compile(r'"((?:[^"]|"")*)"|([^\s".,()]+)')
@@ -83,7 +90,7 @@ class CopyRowCounter:
         if self._at_line_start and data.startswith(_HEADER_START, position):
             start = position
         else:
-            found = data.find(b"\n" + _HEADER_START, position)
+            found = _find(data, _NEXT_HEADER, position)
             if found < 0:
                 self._keep_possible_header(data, position)
                 return len(data)
@@ -115,10 +122,10 @@ class CopyRowCounter:
         if self._at_line_start and data.startswith(_END_LINE, position):
             end = position
         else:
-            found = data.find(b"\n" + _END_LINE, position)
+            found = _find(data, _END_MARKER, position)
             end = found + 1 if found >= 0 else -1
         if end >= 0:
-            self._rows += data.count(b"\n", position, end)
+            self._rows += _count(data, b"\n", position, end)
             schema, name, columns = self._table  # type: ignore[misc]  # set: we are inside a block
             self.blocks.append(CopyBlock(schema, name, columns, self._rows))
             self._table = None
@@ -130,10 +137,10 @@ class CopyRowCounter:
         fragment = data[line_start:]
         at_line_start = newline >= 0 or self._at_line_start
         if at_line_start and fragment and _END_LINE.startswith(fragment):
-            self._rows += data.count(b"\n", position, line_start)
+            self._rows += _count(data, b"\n", position, line_start)
             self._carry, self._at_line_start = fragment, True
         else:
-            self._rows += data.count(b"\n", position)
+            self._rows += _count(data, b"\n", position)
             self._at_line_start = data.endswith(b"\n")
         return len(data)
 
