@@ -28,7 +28,7 @@ from backup_ops.airflow import backup_steps as steps
 from backup_ops.airflow.staging import prepare_staging
 from backup_ops.core import archive as archive_module
 from backup_ops.core import archive_source
-from backup_ops.core.archive import ArchiveResult, build_archive, is_precompressed
+from backup_ops.core.archive import ArchiveResult, build_archive, is_precompressed, make_durable
 from backup_ops.core.archive_read import open_member, password_source_of, verify_archive
 from backup_ops.core.config import BackupConfig, FileSource, SecretRef, parse_config
 from backup_ops.core.errors import (
@@ -100,6 +100,7 @@ def build(
     level: int = 6,
     make_manifest: Callable[[list[MemberInfo]], dict[str, Any]] | None = None,
     fail_on: tuple[str, ...] = ("unreadable",),
+    sync: bool = True,
 ) -> ArchiveResult:
     def default_manifest(members: list[MemberInfo]) -> dict[str, Any]:
         return build_manifest(
@@ -109,7 +110,8 @@ def build(
         )
 
     return build_archive(target, dumps=dumps, files=files, password=password, encryption=encryption,
-                         compression_level=level, make_manifest=make_manifest or default_manifest, fail_on=fail_on)
+                         compression_level=level, make_manifest=make_manifest or default_manifest, fail_on=fail_on,
+                         sync=sync)
 
 
 @pytest.fixture
@@ -709,6 +711,43 @@ def test_disk_full_at_any_moment_of_the_build_names_the_staging_directory(
                 build(target, dumps=[dump], files=entries_of(source))
         assert str(info.value) == expected, where
         assert list(out.iterdir()) == [], where
+
+
+def test_an_archive_built_without_sync_is_made_durable_or_removed(
+    source: Path, staging: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archive step fsyncs while it verifies (make_durable); space the disk only refuses at writeback
+    (delayed allocation) removes the archive with the same sentence as a full disk during the build."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    dump = make_dump(staging)
+    good = staging / "good.zip"
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", fsync)
+        build(good, dumps=[dump], files=entries_of(source), sync=False)
+        assert synced == []  # left to the caller
+        make_durable(good)
+    assert synced == [str(good), str(staging)]  # the file, then its directory entry
+    assert verify_archive(good, password=PASSWORD).members_checked > 1
+
+    target = staging / "late.zip"
+    build(target, dumps=[dump], files=entries_of(source), sync=False)
+
+    def refuse(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", refuse)
+        with pytest.raises(ArchiveError) as info:
+            make_durable(target)
+    assert str(info.value) == (f"No space left on device while writing archive {target} to staging directory "
+                               f"{staging}: free space or point backup.staging_directory elsewhere.")
+    assert not target.exists()
 
 
 # ---------------------------------------------------------------------------- files that move under us

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import struct
@@ -19,6 +20,7 @@ from backup_ops.core.archive import ArchiveResult
 from backup_ops.core.archive_read import verify_archive
 from backup_ops.core.errors import ArchiveError, VerificationError
 from backup_ops.core.extract import safe_extract
+from backup_ops.core.hashed_writer import SideDigest
 from tests.unit.test_aes_keys import key_threads, reference_key, salts
 from tests.unit.test_archive import PASSWORD, build, data_offset, entries_of, flip_byte
 
@@ -105,7 +107,8 @@ def test_decrypter_sets_what_pyzippers_own_sets(tmp_path: Path) -> None:
     own = AESZipDecrypter(info, PASSWORD, header)
     ours = prederived_decrypter(info, PASSWORD, header, reference_key(salt, 66))
     assert set(vars(ours)) == set(vars(own))
-    assert type(ours.hmac).__module__ == "hmac"  # the standard library's HMAC
+    assert isinstance(ours.hmac, SideDigest)
+    assert type(ours.hmac._digest).__module__ == "hmac"  # the standard library's HMAC, on a thread past 1 MiB
     with pytest.raises(RuntimeError) as own_error:
         AESZipDecrypter(info, b"wrong", header)
     with pytest.raises(RuntimeError) as our_error:
@@ -261,3 +264,40 @@ def test_key_material_never_shows_in_a_repr(tmp_path: Path) -> None:
     for salt in salts(path.read_bytes(), 256):
         assert reference_key(salt, 66).hex() not in text
         assert repr(reference_key(salt, 66)) not in text
+
+
+@pytest.fixture
+def large(tmp_path: Path) -> tuple[Path, ArchiveResult, str]:
+    """An archive with one 3 MiB member: past SideDigest's first MiB, its HMAC runs on a thread."""
+    root = tmp_path / "large"
+    root.mkdir()
+    (root / "export.csv").write_bytes(os.urandom(3 << 20))
+    target = tmp_path / "large.zip"
+    return target, build(target, dumps=[], files=entries_of(root)), "large/export.csv"
+
+
+def test_members_are_ae2_with_no_crc_and_pyzippers_own_reader_checks_their_hmac(
+        large: tuple[Path, ArchiveResult, str]) -> None:
+    target, _, name = large
+    with pyzipper.AESZipFile(target) as zf:  # pyzipper's own decrypter and HMAC, not ours
+        zf.setpassword(PASSWORD)
+        info = zf.getinfo(name)
+        assert (info.wz_aes_version, info.CRC) == (2, 0)
+        assert zf.read(name) == (target.parent / name).read_bytes()
+
+
+def test_written_here_skips_only_the_hmacs_the_writers_sha256_proves(large: tuple[Path, ArchiveResult, str]) -> None:
+    target, result, name = large
+    with pytest.raises(ValueError):
+        verify_archive(target, password=PASSWORD, written_here=True)  # nothing proves the HMACs then
+    info = pyzipper.AESZipFile(target).getinfo(name)
+    flip_byte(target, data_offset(target, name) + info.compress_size - 1)  # inside the member's HMAC
+    # The sha256 its writer took no longer matches: the damage is found without the HMAC.
+    with pytest.raises(VerificationError, match="has sha256 .* was recorded: it is corrupt or was replaced"):
+        verify_archive(target, password=PASSWORD, expected_sha256=result.sha256, written_here=True)
+    # Given a sha256 of the damaged file (as a receipt replaced with it would say), only the HMAC finds it.
+    replaced = hashlib.sha256(target.read_bytes()).hexdigest()
+    with pytest.raises(VerificationError, match="Bad HMAC check"):
+        verify_archive(target, password=PASSWORD, expected_sha256=replaced)
+    checked = verify_archive(target, password=PASSWORD, expected_sha256=replaced, written_here=True)
+    assert checked.members_checked == result.member_count and checked.bytes_checked > 3 << 20

@@ -1,14 +1,18 @@
-"""HashedWriter: pieces hashed and written in order on its thread; a write failure reaches the caller."""
+"""HashedWriter: pieces hashed and written in order on its thread; a write failure reaches the caller. SideDigest."""
 
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
+import hmac
 import os
+import threading
+import time
 
 import pytest
 
-from backup_ops.core.hashed_writer import HashedWriter
+from backup_ops.core.hashed_writer import HashedWriter, SideDigest
 
 
 def test_pieces_are_hashed_and_written_in_order() -> None:
@@ -45,3 +49,35 @@ def test_a_failed_write_is_raised_in_the_callers_thread_and_stops_the_writing() 
     finally:
         writer.close()
     writer.close()  # idempotent
+
+
+def side_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "side-digest" and t.is_alive()]
+
+
+def test_side_digest_hashes_small_input_inline_and_large_input_on_a_thread() -> None:
+    small = SideDigest(hashlib.sha256(), inline=1000)
+    small.update(b"x" * 999)
+    assert not side_threads()  # under the inline size: no thread
+    assert small.hexdigest() == hashlib.sha256(b"x" * 999).hexdigest()
+
+    pieces = [os.urandom(n) for n in (600, 600, 70_000, 1, 300_000)]
+    key = b"k" * 32
+    large = SideDigest(hmac.new(key, digestmod="sha1"), inline=1000)
+    for piece in pieces:
+        large.update(piece)
+    assert len(side_threads()) == 1  # past the inline size the rest went to a thread
+    assert large.digest() == hmac.new(key, b"".join(pieces), digestmod="sha1").digest()
+    assert not side_threads()  # the digest stopped it
+
+
+def test_an_abandoned_side_digest_stops_its_thread() -> None:
+    abandoned = SideDigest(hashlib.sha256(), inline=10)
+    abandoned.update(b"y" * 100)
+    assert len(side_threads()) == 1
+    del abandoned
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while side_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not side_threads()

@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -329,6 +330,7 @@ def build_archive(config: BackupConfig, plan_result: dict[str, Any], dumps: list
     """
     from backup_ops.adapters.secrets import resolve_secret
     from backup_ops.core.archive import build_archive as run_build
+    from backup_ops.core.archive import make_durable
     from backup_ops.core.archive_read import password_source_of, verify_archive
     from backup_ops.core.manifest import build_manifest
     from backup_ops.core.skips import describe_counts
@@ -356,11 +358,17 @@ def build_archive(config: BackupConfig, plan_result: dict[str, Any], dumps: list
             target, dumps=results, files=_read_listing(run, files["listing"]), password=secret,
             encryption=config.backup.encryption, compression_level=config.backup.destination.compression_level,
             make_manifest=make_manifest, fail_on=config.backup.files.fail_on, log=log,
-            open_staged=run.open_staged if run.remote else None,
+            open_staged=run.open_staged if run.remote else None, sync=False,
         )
         built = time.monotonic() - started
-        checked = verify_archive(target, password=secret, expected_sha256=archive.sha256,
-                                 expected_size=archive.size, password_source=password_source_of(config.backup.password))
+        # The disk writes the archive (fsync) while it is read back and decrypted from the page cache.
+        with ThreadPoolExecutor(1, thread_name_prefix="archive-fsync") as pool:
+            synced = pool.submit(make_durable, target)
+            # The sha256 was taken here as the archive was written: it proves the members' HMACs (written_here).
+            checked = verify_archive(target, password=secret, expected_sha256=archive.sha256,
+                                     expected_size=archive.size,
+                                     password_source=password_source_of(config.backup.password), written_here=True)
+            synced.result()
         log.info(
             "Built %s: %d members (%d dumps, %d files), %s in %.1f s (%s/s), encryption %s; verified %d members; %s",
             target.name, archive.member_count, len(results), archive.file_count, human_bytes(archive.size), built,

@@ -25,7 +25,8 @@ else (a member out of order, a file object without a descriptor, a header the th
 read) is derived on the spot as before. The two-byte password verifier is checked per member
 exactly as pyzipper checks it, with pyzipper's error. Every member written or read, keyed ahead or
 not, is encrypted or decrypted with ``aes_ctr.WinZipCtr`` (OpenSSL's AES, about 3× pycryptodome's CTR
-that pyzipper uses) and authenticated with the standard library's HMAC-SHA1.
+that pyzipper uses) and authenticated with the standard library's HMAC-SHA1, past a member's first
+MiB on a thread of its own beside the AES (``hashed_writer.SideDigest``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 from backup_ops.core.aes_ctr import WinZipCtr
+from backup_ops.core.hashed_writer import SideDigest
 
 PBKDF2_ITERATIONS = 1000  # fixed by the WinZip AES format
 SALT_BYTES = {128: 8, 192: 12, 256: 16}
@@ -279,6 +281,7 @@ class _Hook(NamedTuple):
 @functools.cache
 def _pyzipper_hook() -> _Hook:
     """The pyzipper subclasses, defined on first use (pyzipper is heavy to import)."""
+    from pyzipper.zipfile import BadZipFile, _ZipWriteFile
     from pyzipper.zipfile_aes import (
         WZ_AES,
         WZ_AES_V2,
@@ -316,7 +319,7 @@ def _pyzipper_hook() -> _Hook:
                 raise ValueError(f"The key was derived for another key size than {nbits} bits.")
             _set_header(self, key.salt, key.material[2 * key_length:], nbits)
             self.encrypter = WinZipCtr(key.material[:key_length])
-            self.hmac = hmac.new(key.material[key_length:2 * key_length], digestmod="sha1")
+            self.hmac = SideDigest(hmac.new(key.material[key_length:2 * key_length], digestmod="sha1"))
 
     class SealedAESEncrypter(AESZipEncrypter):
         """``AESZipEncrypter`` for bytes encrypted already: see ``sealed_encrypter``."""
@@ -356,13 +359,30 @@ def _pyzipper_hook() -> _Hook:
             if material[2 * key_length:] != encryption_header[salt_length:]:
                 raise RuntimeError(f"Bad password for file {zinfo.filename!r}")  # pyzipper's sentence
             self.decypter = WinZipCtr(material[:key_length])
-            self.hmac = hmac.new(material[key_length:2 * key_length], digestmod="sha1")
+            self.hmac = SideDigest(hmac.new(material[key_length:2 * key_length], digestmod="sha1"))
+
+    class UnauthenticatedAESDecrypter(PrederivedAESDecrypter):
+        """PrederivedAESDecrypter that decrypts without computing or checking the HMAC-SHA1.
+
+        Only for an archive whose sha256 the caller proves against the one its writer computed as it
+        wrote it (see ``KeyPoolZipFile.trust_writer_sha256``): that sha256 covers the ciphertext and
+        its stored authentication code, so computing the code again proves nothing more.
+        """
+
+        def decrypt(self, data: bytes) -> bytearray:
+            return self.decypter.decrypt(data)  # type: ignore[no-any-return]
+
+        def check_hmac(self, hmac_check: bytes) -> None:
+            if len(hmac_check) != self.hmac_size:  # still refuse a member cut before its code
+                raise BadZipFile(f"The authentication code of {self.filename!r} is cut short.")
 
     class PrederivedAESExtFile(AESZipExtFile):
         """``AESZipExtFile`` whose WinZip AES decrypter is PrederivedAESDecrypter, keyed ahead when it can be."""
 
-        def __init__(self, *args: Any, keys_ahead: MemberKeysAhead | None = None, **kwargs: Any) -> None:
+        def __init__(self, *args: Any, keys_ahead: MemberKeysAhead | None = None, authenticate: bool = True,
+                     **kwargs: Any) -> None:
             self._keys_ahead = keys_ahead
+            self._authenticate = authenticate
             super().__init__(*args, **kwargs)
 
         def setup_aeszipdecrypter(self) -> Any:
@@ -376,7 +396,8 @@ def _pyzipper_hook() -> _Hook:
             material = None
             if self._keys_ahead is not None and self._pwd:
                 material = self._keys_ahead.material_for(self._zinfo.header_offset, self._pwd, salt)
-            return PrederivedAESDecrypter(self._zinfo, self._pwd, self.encryption_header, material)
+            decrypter = PrederivedAESDecrypter if self._authenticate else UnauthenticatedAESDecrypter
+            return decrypter(self._zinfo, self._pwd, self.encryption_header, material)
 
         def _update_crc(self, newdata: bytes) -> None:
             # An AE-2 member records CRC 0 and pyzipper's check_integrity then checks only the HMAC:
@@ -385,8 +406,29 @@ def _pyzipper_hook() -> _Hook:
                 return
             super()._update_crc(newdata)
 
+    class AE2WriteFile(_ZipWriteFile):  # type: ignore[misc]
+        """``_ZipWriteFile`` that skips the CRC-32 of the members this module's encrypters write.
+
+        They are AE-2 (neither sets ``force_wz_aes_version`` nor ``conditionally_include_crc``), which
+        records CRC 0 and leaves integrity to the HMAC: pyzipper would compute the CRC and throw it away.
+        """
+
+        def write(self, data: Any) -> int:
+            if not isinstance(self._encrypter, (PrederivedAESEncrypter, SealedAESEncrypter)):
+                return super().write(data)  # type: ignore[no-any-return]
+            if self.closed:
+                raise ValueError("I/O operation on closed file.")
+            self._file_size += len(data)
+            piece = self._compressor.compress(data) if self._compressor else data
+            piece = self._encrypter.encrypt(piece)
+            self._compress_size += len(piece)
+            self._fileobj.write(piece)
+            return len(data)
+
     class KeyPoolZipFile(AESZipFile):
         """``AESZipFile`` whose WinZip AES keys are derived ahead in threads (see key_pool_zip_file)."""
+
+        zipwritefile_cls = AE2WriteFile
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             # Before zipfile's __init__, which closes the file through close() when it fails.
@@ -395,6 +437,17 @@ def _pyzipper_hook() -> _Hook:
             super().__init__(*args, **kwargs)
             self.key_pool: AESKeyPool | None = None
             self.sealed_next: Any = None  # the next member opened for writing is written through it (sealed)
+
+        def trust_writer_sha256(self) -> None:
+            """Read members without their HMAC-SHA1: the caller compares the file's sha256 with its writer's.
+
+            That sha256 was taken as the archive was written, over every byte, authentication codes
+            included; a file that matches it holds the codes its writer computed over this very
+            ciphertext. Never for a sha256 read from beside the archive (a receipt), which whoever
+            could replace the archive could replace too: AES-CTR without its code is malleable.
+            """
+            self.zipextfile_cls = functools.partial(PrederivedAESExtFile, keys_ahead=self.keys_ahead,
+                                                    authenticate=False)
 
         def derive_keys_ahead(self, infos: Iterable[Any]) -> None:
             """Derive the keys of these members (about to be read, in this order) in threads, from here on."""

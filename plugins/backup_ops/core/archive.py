@@ -126,6 +126,7 @@ def build_archive(
     log: logging.Logger | None = None,
     fail_on: Collection[str] = FileSource().fail_on,
     open_staged: StagedOpener | None = None,
+    sync: bool = True,
 ) -> ArchiveResult:
     """Write the backup zip to ``target`` (a new file, mode 0600) and return its size and sha256.
 
@@ -140,7 +141,9 @@ def build_archive(
     On any failure the partial file is removed and the error is raised; a full disk at any point
     is the ArchiveError naming the staging directory. ``open_staged`` opens a dump's (or its
     extra member's) ``staged_path`` when that is not a local file (an object in a staging bucket):
-    it returns the stream and a stat whose size, mode and mtime describe it.
+    it returns the stream and a stat whose size, mode and mtime describe it. The archive and its
+    directory entry are fsynced before this returns; with ``sync=False`` the caller does it with
+    ``make_durable`` (the archive step, while it verifies the archive).
     """
     log = log or _LOG
     nbits = _check_encryption(encryption, password)
@@ -175,13 +178,15 @@ def build_archive(
         manifest_data = writer.add_manifest(make_manifest)
         zf.close()
         sink.flush()
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
         on_disk = os.fstat(fd).st_size
         if on_disk != sink.position:
             raise ArchiveError(f"Archive {target} is {on_disk} bytes on disk but {sink.position} were written.")
         fd, closing = -1, fd  # never close twice: the number may already belong to another open file
         os.close(closing)
-        fsync_directory(target.parent)
+        if sync:
+            fsync_directory(target.parent)
     except BaseException as exc:
         if zf is not None:
             # The partial archive is deleted, so never let pyzipper write its central directory
@@ -218,6 +223,24 @@ def build_archive(
         members=tuple(writer.members),
         skipped=tuple(writer.skipped),
     )
+
+
+def make_durable(target: Path) -> None:
+    """fsync an archive built with ``sync=False``, then its directory entry; a failure removes it.
+
+    The disk may only now say it is full (space allocated at writeback) or failing: the archive is
+    then not what was verified, so it goes, and the error is the ArchiveError ``build_archive`` raises.
+    """
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_directory(target.parent)
+    except OSError as exc:
+        _remove(target)
+        raise write_error(exc, target) from exc
 
 
 def _check_encryption(encryption: str, password: bytes | None) -> int | None:

@@ -28,6 +28,7 @@ from backup_ops.core.aes_keys import key_pool_zip_file
 from backup_ops.core.config import SecretRef
 from backup_ops.core.errors import ArchiveError, BackupError, UnsafeArchiveError, VerificationError
 from backup_ops.core.fileio import CHUNK_SIZE, MEMBER_PIECE, sha256_of_file
+from backup_ops.core.hashed_writer import SideDigest
 from backup_ops.core.manifest import MANIFEST_NAME, Manifest
 from backup_ops.core.manifest_parse import MAX_MANIFEST_BYTES, parse_manifest
 
@@ -78,8 +79,12 @@ def _no_password(path: Path, source: str) -> ArchiveError:
 
 
 @contextmanager
-def open_zip(path: Path, password: bytes | None) -> Iterator[Any]:
-    """The archive for reading; key derivation threads (``derive_keys_ahead``) stop when the block ends."""
+def open_zip(path: Path, password: bytes | None, *, trust_writer_sha256: bool = False) -> Iterator[Any]:
+    """The archive for reading; key derivation threads (``derive_keys_ahead``) stop when the block ends.
+
+    ``trust_writer_sha256``: members are read without their HMAC-SHA1, for a caller that compares the
+    file's sha256 with the one its writer computed (``KeyPoolZipFile.trust_writer_sha256`` says when).
+    """
     try:
         zf = key_pool_zip_file(path, "r")
     except FileNotFoundError:
@@ -92,6 +97,8 @@ def open_zip(path: Path, password: bytes | None) -> Iterator[Any]:
     with zf:
         if password:
             zf.setpassword(password)
+        if trust_writer_sha256:
+            zf.trust_writer_sha256()
         yield zf
 
 
@@ -135,10 +142,15 @@ def verify_archive(
     expected_sha256: str | None = None,
     expected_size: int | None = None,
     password_source: str = DEFAULT_PASSWORD_SOURCE,
+    written_here: bool = False,
 ) -> VerifyResult:
     """Prove an archive is intact: file size and sha256, manifest, and every member's size and sha256.
 
     Decrypting each member checks its WinZip AES HMAC, so this also proves the password.
+    ``written_here``: ``expected_sha256`` is the one this process computed as it wrote the archive
+    (the archive step's own read-back, not a receipt read from storage). The file's sha256 then
+    proves every HMAC as written, so they are not computed again; the password is still proven by
+    each member's key verifier and every member is still decrypted and compared with the manifest.
     Members not in the manifest fail the check, except empty directory entries. Integrity
     failures raise VerificationError; password and manifest problems raise ArchiveError, a
     password one naming ``password_source`` ("the environment variable X", see
@@ -155,13 +167,15 @@ def verify_archive(
         raise VerificationError(f"Archive {path} is {size} bytes but {expected_size} were written: "
                                 "it is truncated or was replaced.")
     if expected_sha256 is None:
+        if written_here:
+            raise ValueError("written_here needs the sha256 its writer computed (expected_sha256).")
         return _check_contents(path, password, password_source)
     # The file's sha256 is taken in a thread while the members are decrypted and checked (hashlib and
     # the AES release the GIL): two passes over the file in the time of one on two cores.
     with ThreadPoolExecutor(1, thread_name_prefix="archive-sha256") as pool:
         hashed = pool.submit(sha256_of_file, path)
         try:
-            result = _check_contents(path, password, password_source)
+            result = _check_contents(path, password, password_source, trust_writer_sha256=written_here)
         except BaseException:
             _check_file_sha256(path, hashed, expected_sha256, quiet=True)  # a replaced file explains the rest
             raise
@@ -182,9 +196,10 @@ def _check_file_sha256(path: Path, hashed: Future[tuple[str, int]], expected: st
                                 "it is corrupt or was replaced.")
 
 
-def _check_contents(path: Path, password: bytes | None, password_source: str) -> VerifyResult:
+def _check_contents(path: Path, password: bytes | None, password_source: str, *,
+                    trust_writer_sha256: bool = False) -> VerifyResult:
     """The manifest and every member, decrypted and checked against it (verify_archive's second half)."""
-    with open_zip(path, password) as zf:
+    with open_zip(path, password, trust_writer_sha256=trust_writer_sha256) as zf:
         infos = unique_infos(zf, path, VerificationError)
         manifest_info = infos.get(MANIFEST_NAME)
         if manifest_info is None:
@@ -244,7 +259,7 @@ def unique_infos(zf: Any, path: Path, error: type[BackupError]) -> dict[str, Any
 
 def _check_member(zf: Any, info: Any, size: int, sha256: str, path: Path, password: bytes | None,
                   password_source: str) -> int:
-    sha = hashlib.sha256()
+    sha = SideDigest(hashlib.sha256())  # a large member's sha256 runs beside its decryption
     actual = 0
     with open_info(zf, info, path, password, password_source) as stream:
         for chunk in read_chunks(stream, info.filename, path, MEMBER_PIECE):

@@ -1,9 +1,10 @@
 """Hash and write a stream's pieces on a thread of their own, in order, beside the thread that makes them.
 
 The archive step encrypts members (pyzipper, ``core.aes_ctr``) while this thread hashes and writes the
-archive file (``core.archive_sink``). hashlib and ``os.write`` release the GIL, so on two cores the
-hashing and writing cost almost no time on the encrypting thread. (The dump step does not use it: there
-compressing and counting hold the GIL, and each hand-over waited for it; measured slower.)
+archive file (``core.archive_sink``), and a large member's HMAC-SHA1 runs on another (``core.aes_keys``,
+with no ``write``). hashlib, hmac and ``os.write`` release the GIL, so on two cores the hashing and
+writing cost almost no time on the encrypting thread. (The dump step does not use it: there the whole
+machine is busy with pg_dump, its server and the compression; measured slower.)
 
 At most ``QUEUED`` pieces wait. The first failure stops the writing; ``put`` and ``drain`` raise it in
 the caller's thread, and ``failure`` keeps it. ``close`` (idempotent) writes what is still queued unless
@@ -15,16 +16,20 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+import weakref
 from collections.abc import Callable
+from typing import Any
 
 
 class HashedWriter:
-    """``put`` pieces to be hashed, then passed to ``write``; ``drain`` to wait until they are."""
+    """``put`` pieces to be hashed (``digest``: sha256 unless given), then passed to ``write`` (if any);
+    ``drain`` to wait until they are."""
 
     QUEUED = 2
 
-    def __init__(self, write: Callable[[bytes], object], *, name: str = "hashed-writer") -> None:
-        self.digest = hashlib.sha256()
+    def __init__(self, write: Callable[[bytes], object] | None, *, digest: Any = None,
+                 name: str = "hashed-writer") -> None:
+        self.digest = hashlib.sha256() if digest is None else digest
         self.size = 0  # bytes hashed
         self.failure: BaseException | None = None
         self._write = write
@@ -68,8 +73,53 @@ class HashedWriter:
                 if self.failure is None:
                     self.digest.update(data)
                     self.size += len(data)
-                    self._write(data)
+                    if self._write is not None:
+                        self._write(data)
             except BaseException as exc:  # handed to the caller's thread
                 self.failure = exc
             finally:
                 self._queue.task_done()
+
+
+class SideDigest:
+    """A hashlib or hmac object whose ``update`` moves to a ``HashedWriter`` thread past its first bytes.
+
+    The first ``inline`` bytes are hashed in the caller's thread, so a small member never starts a
+    thread; the rest on the thread, in order, while the caller decrypts or encrypts the next piece.
+    ``digest`` and ``hexdigest`` wait for the pieces queued and stop the thread; one abandoned before
+    its end is stopped when this object is collected. Pieces given to ``update`` must not change
+    afterwards. pyzipper's WinZip AES encrypter and decrypter take one as their ``hmac``.
+    """
+
+    INLINE = 1 << 20
+
+    def __init__(self, digest: Any, *, inline: int = INLINE) -> None:
+        self._digest = digest
+        self._inline = inline
+        self._side: HashedWriter | None = None
+
+    def update(self, data: bytes) -> None:
+        if self._side is not None:
+            self._side.put(data)
+            return
+        self._digest.update(data)
+        self._inline -= len(data)
+        if self._inline <= 0:
+            self._side = HashedWriter(None, digest=self._digest, name="side-digest")
+            weakref.finalize(self, self._side.close)
+
+    def digest(self) -> bytes:
+        self._finish()
+        return self._digest.digest()  # type: ignore[no-any-return]
+
+    def hexdigest(self) -> str:
+        self._finish()
+        return self._digest.hexdigest()  # type: ignore[no-any-return]
+
+    def _finish(self) -> None:
+        side, self._side = self._side, None
+        if side is not None:
+            try:
+                side.drain()
+            finally:
+                side.close()
