@@ -6,8 +6,11 @@ Real services (PostgreSQL, S3 API, SMTP) are started by the fixture modules belo
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="backup-ops-airflow-"))
@@ -24,3 +27,17 @@ os.environ.setdefault("BACKUP_OPS_CONFIG", str(ROOT / "include" / "backup_config
 os.environ["BACKUP_OPS_DISABLE_DEADLINES"] = "1"
 
 pytest_plugins = ["tests.fixtures_pg", "tests.fixtures_s3", "tests.fixtures_smtp"]
+
+
+_PASSED: list[bool] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _PASSED.append(exitstatus == 0)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the session's AIRFLOW_HOME once everything stopped, when every test passed (after a failure its task
+    logs stay to be read)."""
+    if _PASSED and all(_PASSED):
+        shutil.rmtree(_AIRFLOW_HOME, ignore_errors=True)
