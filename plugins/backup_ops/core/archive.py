@@ -17,6 +17,7 @@ exactly as they were listed, or recorded as skipped; the file itself is written 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 import stat
@@ -316,13 +317,17 @@ class _ArchiveWriter:
     def add_sealed(self, dump: DumpResult, what: str) -> None:
         """Copy a dump the dump step encrypted as it streamed (``core.sealed_member``) into its member, as it is.
 
-        Nothing is encrypted or hashed again: the member's data is the staged file's bytes, behind its
-        local header. The key size and password are checked against the archive's (the header's
-        verifier, one key derivation) and the size against the dump step's record; the archive's
-        verification then decrypts the member and compares its sha256, as for every member.
+        Nothing is encrypted again: the member's data is the staged file's bytes, behind its local
+        header. The key size and password are checked against the archive's (the header's verifier,
+        one key derivation), the size against the dump step's record, and the authentication code
+        against the ciphertext as it is copied (on a thread beside the copy): the archive step's own
+        verification does not recompute codes, since the sha256 taken as the archive is written covers
+        them, which holds only for codes checked here. That verification then decrypts the member and
+        compares its sha256, as for every member.
         """
         from backup_ops.core.aes_keys import sealed_encrypter
-        from backup_ops.core.sealed_member import header_length, password_matches, sealed_overhead
+        from backup_ops.core.hashed_writer import SideDigest
+        from backup_ops.core.sealed_member import header_length, sealed_mac, sealed_overhead
 
         if self.nbits is None or self.password is None or dump.staged_encryption != f"aes{self.nbits}":
             raise ArchiveError(
@@ -336,9 +341,11 @@ class _ArchiveWriter:
             if st.st_size != expected:
                 raise ArchiveError(f"The {what} changed after it was dumped: expected {expected} bytes, found "
                                    f"{st.st_size}; run the backup again.")
-            if not password_matches(header, self.password, self.nbits):
+            mac = sealed_mac(header, self.password, self.nbits)
+            if mac is None:
                 raise ArchiveError(f"The {what} was encrypted with another password than the archive's: "
                                    "backup.password changed during the run; run the backup again.")
+            code = SideDigest(mac)
             encrypter = sealed_encrypter(header, self.nbits)
             zinfo = self.new_member(dump.member_name, st.st_mtime, stat.S_IFREG | stat.S_IMODE(st.st_mode),
                                     deflate=False, encrypt=True)
@@ -349,12 +356,17 @@ class _ArchiveWriter:
                         left = dump.size
                         while left:
                             chunk = _read_exactly(src, min(MEMBER_PIECE, left), what)
+                            code.update(chunk)
                             dst.write(chunk)
                             left -= len(chunk)
-                        encrypter.trailer = _read_exactly(src, HMAC_BYTES, what)
+                        trailer = _read_exactly(src, HMAC_BYTES, what)
                         if src.read(1):
                             raise ArchiveError(f"The {what} changed after it was dumped: it is longer than recorded; "
                                                "run the backup again.")
+                        if not hmac.compare_digest(code.digest()[:HMAC_BYTES], trailer):
+                            raise ArchiveError(f"The {what} changed after it was dumped: its authentication code does "
+                                               "not match its bytes; run the backup again.")
+                        encrypter.trailer = trailer
                     except BaseException:
                         # The archive is abandoned: let the member close without a second error over this one.
                         encrypter.trailer = bytes(HMAC_BYTES)

@@ -13,9 +13,10 @@ authentication code   10 bytes: HMAC-SHA1 of the ciphertext, truncated
 ====================  =============================================================
 
 That is a WinZip AES (AE-2) stored member's data, so the archive step copies it behind the member's
-local header without decrypting or encrypting anything (``core.archive``). The dump step hashes the
+local header without decrypting or encrypting anything (``core.archive``), checking its authentication
+code as it copies (the code was computed here, not by the archive's writer). The dump step hashes the
 compressed bytes before encrypting them (the manifest's sha256); the archive's verification decrypts
-the member with the configured password, checks its HMAC and compares that sha256, as for every member.
+the member with the configured password and compares that sha256, as for every member.
 
 So the bucket never holds the dump in the clear. Local staging does not seal (``backup_steps.dump_job``):
 the dump's thread shares the two busy cores with pg_dump and its server, and the encryption made the
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
+from typing import Any
 
 from backup_ops.core.aes_ctr import WinZipCtr
 from backup_ops.core.aes_keys import SALT_BYTES, VERIFIER_BYTES, derive_key, derive_key_for_salt
@@ -70,11 +72,20 @@ class MemberSealer:
 
 def password_matches(header: bytes, password: bytes, nbits: int) -> bool:
     """Whether a sealed member's ``header`` (salt and verifier) was made with ``password`` at ``nbits``."""
+    return sealed_mac(header, password, nbits) is not None
+
+
+def sealed_mac(header: bytes, password: bytes, nbits: int) -> Any | None:
+    """A fresh HMAC-SHA1 to check a sealed member's code with, keyed from ``password`` and the ``header``'s salt;
+    None when the header's verifier says another password (or key size) made it."""
     salt_bytes = SALT_BYTES[nbits]
     if len(header) != salt_bytes + VERIFIER_BYTES:
-        return False
+        return None
     material = derive_key_for_salt(password, header[:salt_bytes], nbits).material
-    return hmac.compare_digest(material[2 * nbits // 8:], header[salt_bytes:])
+    key_bytes = nbits // 8
+    if not hmac.compare_digest(material[2 * key_bytes:], header[salt_bytes:]):
+        return None
+    return hmac.new(material[key_bytes:2 * key_bytes], digestmod="sha1")
 
 
 @dataclass(frozen=True)
