@@ -1,9 +1,9 @@
 """Hash and write a stream's pieces on a thread of their own, in order, beside the thread that makes them.
 
 The archive step encrypts members (pyzipper, ``core.aes_ctr``) while this thread hashes and writes the
-archive file (``core.archive_sink``), and a large member's HMAC-SHA1 runs on another (``core.aes_keys``,
-with no ``write``). hashlib, hmac and ``os.write`` release the GIL, so on two cores the hashing and
-writing cost almost no time on the encrypting thread. (The dump step does not use it: there the whole
+archive file (``core.archive_sink``); a large member's HMAC-SHA1, and the sha256 the verification takes
+of it, run on another (``SideDigest``: no ``write``). hashlib, hmac and ``os.write`` release the GIL, so
+on two cores the hashing and writing cost almost no time on the encrypting thread. (The dump step does not use it: there the whole
 machine is busy with pg_dump, its server and the compression; measured slower.)
 
 At most ``QUEUED`` pieces wait. The first failure stops the writing; ``put`` and ``drain`` raise it in
