@@ -3,8 +3,9 @@
 The archive step encrypts members (pyzipper, ``core.aes_ctr``) while this thread hashes and writes the
 archive file (``core.archive_sink``); a large member's HMAC-SHA1, and the sha256 the verification takes
 of it, run on another (``SideDigest``: no ``write``). hashlib, hmac and ``os.write`` release the GIL, so
-on two cores the hashing and writing cost almost no time on the encrypting thread. (The dump step does not use it: there the whole
-machine is busy with pg_dump, its server and the compression; measured slower.)
+on two cores the hashing and writing cost almost no time on the encrypting thread. (The dump step does
+not use it: there the whole machine is busy with pg_dump, its server and the compression; measured
+slower.)
 
 At most ``QUEUED`` pieces wait. The first failure stops the writing; ``put`` and ``drain`` raise it in
 the caller's thread, and ``failure`` keeps it. ``close`` (idempotent) writes what is still queued unless
