@@ -20,7 +20,11 @@ $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "backup-ops needs Python 3.11 or newer (PYTHON=$(PYTHON))")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -r requirements.txt -r requirements-dev.txt
+	@# One retry: uv's bytecode compilation was seen to lose a worker once ("expected …, received \"\""); a second
+	@# run finds the packages installed and compiles site-packages again.
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -r requirements.txt -r requirements-dev.txt \
+	  || { echo "Installing again once (the first attempt failed)"; \
+	       $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -r requirements.txt -r requirements-dev.txt; }
 	@touch $@
 
 # 7-Zip is what users open encrypted archives with, and rsync what docs/BACKUP_RESTORE.md puts files
