@@ -81,3 +81,19 @@ def test_an_abandoned_side_digest_stops_its_thread() -> None:
     while side_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not side_threads()
+
+
+def test_close_called_on_the_writers_own_thread_neither_joins_itself_nor_blocks() -> None:
+    """A SideDigest's finalizer may run wherever a collection runs, even on the digest's own thread."""
+    closed = threading.Event()
+    writer: HashedWriter
+
+    def write(data: bytes) -> None:
+        writer.close()  # on the writer's thread, as a finalizer would
+        closed.set()
+
+    writer = HashedWriter(write)
+    writer.put(b"x")
+    assert closed.wait(5)
+    writer._thread.join(5)
+    assert not writer._thread.is_alive()

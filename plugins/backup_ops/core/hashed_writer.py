@@ -14,6 +14,7 @@ writing failed, and stops the thread: call it whether the stream was finished or
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import threading
@@ -51,9 +52,14 @@ class HashedWriter:
 
     def close(self) -> None:
         """Stop the thread once what is queued is written (or dropped, after a failure)."""
-        if self._thread.is_alive():
-            self._queue.put(None)  # the thread keeps taking pieces, even after a failure: this never blocks long
-            self._thread.join()
+        if not self._thread.is_alive():
+            return
+        if threading.current_thread() is self._thread:  # a SideDigest's finalizer, run by a collection on this thread
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(None)
+            return
+        self._queue.put(None)  # the thread keeps taking pieces, even after a failure: this never blocks long
+        self._thread.join()
 
     def __enter__(self) -> HashedWriter:
         return self
