@@ -179,15 +179,11 @@ def build_archive(
         manifest_data = writer.add_manifest(make_manifest)
         zf.close()
         sink.flush()
-        if sync:
-            os.fsync(fd)
         on_disk = os.fstat(fd).st_size
         if on_disk != sink.position:
             raise ArchiveError(f"Archive {target} is {on_disk} bytes on disk but {sink.position} were written.")
         fd, closing = -1, fd  # never close twice: the number may already belong to another open file
         os.close(closing)
-        if sync:
-            fsync_directory(target.parent)
     except BaseException as exc:
         if zf is not None:
             # The partial archive is deleted, so never let pyzipper write its central directory
@@ -213,6 +209,8 @@ def build_archive(
         sources.close()
         if sink is not None:
             sink.close()
+    if sync:
+        make_durable(target)
     return ArchiveResult(
         path=target,
         size=sink.position,
@@ -227,7 +225,8 @@ def build_archive(
 
 
 def make_durable(target: Path) -> None:
-    """fsync an archive built with ``sync=False``, then its directory entry; a failure removes it.
+    """fsync a built archive, then its directory entry; a failure removes it (``build_archive`` calls it
+    last, unless ``sync=False`` leaves it to the caller).
 
     The disk may only now say it is full (space allocated at writeback) or failing: the archive is
     then not what was verified, so it goes, and the error is the ArchiveError ``build_archive`` raises.
