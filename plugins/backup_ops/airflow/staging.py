@@ -31,7 +31,6 @@ from backup_ops.core.models import run_folder_name
 log = logging.getLogger(__name__)
 
 
-
 def prepare_staging(config: BackupConfig, dag_id: str, run_id: str) -> str:
     """Create this run's private staging (a 0700 folder, or a prefix with its marker) and sweep runs that are over.
 
